@@ -1,0 +1,1 @@
+"""Datasets: the synthetic teaching set, interactive-segmentation benchmarks, SA-1B."""

@@ -1,0 +1,129 @@
+"""Small shared helpers: paths from the environment, device choice, seeding, atomic writes, banners."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def data_root() -> Path:
+    """Data root: ``$PROBE_LIB_DATA`` or ``./data``."""
+    return Path(os.environ.get("PROBE_LIB_DATA", "data")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Weights and checkpoint cache: ``$PROBE_LIB_CACHE`` or ``~/.cache/probe_lib``."""
+    return Path(os.environ.get("PROBE_LIB_CACHE", "~/.cache/probe_lib")).expanduser()
+
+
+def results_root() -> Path:
+    """Where executed notebooks and results go: ``$PROBE_LIB_RESULTS`` or ``./results``."""
+    return Path(os.environ.get("PROBE_LIB_RESULTS", "results")).expanduser()
+
+
+def checkpoint_path(kind: str, name: str, preset: str) -> Path:
+    """Where trained checkpoints live, so that notebooks hand work to each other.
+
+    ``$PROBE_LIB_CACHE/checkpoints/<kind>/<name>-<preset>.pt``, e.g. kind ``"upsampler"``,
+    name ``"loftup"``, preset ``"small"``.
+    """
+    return cache_dir() / "checkpoints" / kind / f"{name}-{preset}.pt"
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """CUDA, then MPS, then CPU (or ``prefer`` when given)."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def banner(message: str, *, file=None) -> str:
+    """Print a framed, impossible-to-miss message (offline stand-ins, random weights, ...)."""
+    lines = message.strip().splitlines()
+    width = max(len(line) for line in lines) + 4
+    text = "\n".join(["#" * width, *[f"# {line.ljust(width - 4)} #" for line in lines], "#" * width])
+    print(text, file=file or sys.stdout, flush=True)
+    return text
+
+
+def _atomic_replace(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    return _atomic_replace(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    return _atomic_replace(Path(path), lambda f: f.write(data))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    return atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def environment_info() -> dict[str, str]:
+    """Library versions saved beside every result."""
+    import platform
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform()}
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def check_image_batch(image: torch.Tensor, name: str = "image") -> None:
+    """Raise a ValueError unless ``image`` is a (B, 3, H, W) float tensor."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W) with RGB in [0, 1], "
+                         f"got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor with RGB in [0, 1], got {image.dtype}")
