@@ -17,7 +17,7 @@ There are two *different* next-click rules on purpose (SPEC §9 pitfall 14):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -25,13 +25,13 @@ import torch
 from scipy import ndimage
 
 __all__ = [
-    "next_click",
-    "clicks_to_tensor",
-    "click_maps",
-    "training_next_click",
-    "add_training_clicks",
-    "generate_probs",
     "MultiPointSampler",
+    "add_training_clicks",
+    "click_maps",
+    "clicks_to_tensor",
+    "generate_probs",
+    "next_click",
+    "training_next_click",
 ]
 
 
@@ -357,7 +357,7 @@ class MultiPointSampler:
         return eroded if eroded.sum() > 10 else mask
 
     def _border_mask(self, gt: np.ndarray) -> np.ndarray:
-        radius = int(math.ceil(self.expand_ratio * math.sqrt(float(gt.sum()))))
+        radius = math.ceil(self.expand_ratio * math.sqrt(float(gt.sum())))
         grown = cv2.dilate(gt.astype(np.uint8), _KERNEL3, iterations=radius).astype(bool)
         return grown & ~gt
 
