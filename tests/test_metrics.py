@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from probe_lib.metrics import (NOC_THRESHOLDS, bootstrap_ci, count_at_max, iou, miou_curve, noc,
-                               noc_per_instance, summarize)
+from probe_lib.metrics import (
+    NOC_THRESHOLDS,
+    bootstrap_ci,
+    count_at_max,
+    iou,
+    miou_curve,
+    noc,
+    noc_per_instance,
+    summarize,
+)
 
 
 def test_thresholds_are_the_references_arange():
