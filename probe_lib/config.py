@@ -44,6 +44,9 @@ class UpsamplerConfig:
     train_lr: float | None = None  # None = the recipe's own learning rate
     train_log_every: int = 5
     train_amp: bool = True  # mixed precision on CUDA only
+    # "sa1b" ($PROBE_LIB_DATA/SA1B) | "synthetic" (part masks stand in for SAM masks) | a path
+    train_data: str = "sa1b"
+    train_save_every: int = 10  # resumable checkpoint every N steps
 
 
 @dataclass(frozen=True)
@@ -136,11 +139,13 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "eval": {"max_clicks": 10, "flip": False, "target_size": 112, "num_instances": 20,
                  "datasets": ("synthetic",), "bootstrap": 200},
         "data": {"train_dataset": "synthetic"},
-        "upsampler": {"train_steps": 50, "train_image_size": 112, "train_num_images": 64},
+        "upsampler": {"train_steps": 50, "train_image_size": 112, "train_num_images": 64,
+                      "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10},
     },
 }
 _PRESETS["full"] = {
     "upsampler": {"train_steps": 20000, "train_batch_size": 8, "train_image_size": 224,
+                  "train_save_every": 500,
                   "train_num_images": 1_000_000},
 }
 
