@@ -1,0 +1,300 @@
+"""Batch runs: train and evaluate a grid of probes with papermill, then aggregate (issue 6).
+
+``python -m probe_lib.sweep --preset small`` (the README's ``make small``):
+
+1. makes sure the learned upsamplers of the grid have a trained checkpoint
+   (``checkpoint_path("upsampler", name, preset)``); when one is missing it executes the notebook
+   that trains it (03 for LiFT / FeatUp-JBU, 06 + 07 for LoftUp, 08 for FeatSharp);
+2. for every grid cell executes ``09_is_probe_training`` then ``10_noc_evaluation`` with the cell's
+   parameters; executed notebooks, metrics and per-instance IoU curves go to
+   ``results_root()/<run>/``;
+3. executes ``11_results``, which writes ``results_root()/summary.md`` (+ CSV and plots).
+
+A finished run (``run.json`` with status ``done`` and the same config hash) is skipped on rerun; a
+run folder written with another configuration is left untouched and reported (``--force``
+replaces it); a failed run is recorded and reported without stopping the others. The exit code is
+1 when any run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from probe_lib.utils import atomic_write_json, checkpoint_path, results_root
+
+TRAIN_NOTEBOOK = "09_is_probe_training"
+EVAL_NOTEBOOK = "10_noc_evaluation"
+RESULTS_NOTEBOOK = "11_results"
+# Which notebook(s) train each learned upsampler at a preset (in this order).
+UPSAMPLER_NOTEBOOKS = {
+    "lift": ("03_lift_and_featup_jbu",),
+    "featup_jbu": ("03_lift_and_featup_jbu",),
+    "loftup": ("06_loftup_stage1", "07_loftup_stage2_self_distillation"),
+    "featsharp": ("08_featsharp_training",),
+}
+PARAMETER_FREE = ("identity", "nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One grid cell: which frozen upsampler, which click encoder, where clicks are injected."""
+
+    upsampler: str
+    click_encoder: str
+    injection: str
+
+    def name(self, preset: str) -> str:
+        return f"{preset}-{self.upsampler}-{self.click_encoder}-{self.injection}"
+
+
+# The late probes of the small grid use the patch-embedding encoder: SimpleViT (14.4 M params, 6
+# blocks) trains too slowly for the CPU budget (docs/evaluation.md gives the measurements).
+SMALL_UPSAMPLERS = ("bilinear", "featup_jbu", "loftup")
+GRIDS: dict[str, tuple[Run, ...]] = {
+    "small": tuple([Run(u, "patch_embed", "early") for u in SMALL_UPSAMPLERS]
+                   + [Run(u, "patch_embed", "late_highres") for u in SMALL_UPSAMPLERS]),
+    # The paper's grid (SPEC §1) plus the paper-text late mode.
+    "full": tuple([Run(u, "patch_embed", "early")
+                   for u in ("identity", "bilinear", "lift", "featup_jbu", "loftup", "featsharp")]
+                  + [Run(u, "simple_vit", inj)
+                     for u in ("identity", "bilinear", "lift", "featup_jbu", "loftup",
+                               "featsharp")
+                     for inj in ("late_lowres", "late_highres")]),
+}
+
+
+def notebooks_dir() -> Path:
+    """The repository's ``notebooks/`` folder (the package is installed editable)."""
+    here = Path(__file__).resolve().parents[1] / "notebooks"
+    if not here.is_dir():
+        raise FileNotFoundError(f"notebooks folder not found at {here}; run the sweep from a "
+                                "source checkout (pip install -e .)")
+    return here
+
+
+def run_parameters(preset: str, run: Run, run_dir: Path, extra: dict | None = None
+                   ) -> dict[str, dict]:
+    """Papermill parameters of the training and evaluation notebooks for one run."""
+    common = {"PRESET": preset, "UPSAMPLER": run.upsampler, "CLICK_ENCODER": run.click_encoder,
+              "INJECTION": run.injection}
+    train = dict(common)
+    evaluate = dict(common, OUT_DIR=str(run_dir))
+    for k, v in (extra or {}).items():
+        evaluate[k] = v
+    return {"train": train, "evaluate": evaluate}
+
+
+def config_hash(obj: dict) -> str:
+    from probe_lib.evaluate import config_hash as _h
+
+    return _h(obj)
+
+
+def _execute(stem: str, out_path: Path, parameters: dict, log) -> float:
+    import papermill
+
+    src = notebooks_dir() / f"{stem}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"notebook {src} not found")
+    t0 = time.perf_counter()
+    log(f"  running {stem} {parameters}")
+    papermill.execute_notebook(str(src), str(out_path), parameters=parameters,
+                               cwd=str(notebooks_dir()), kernel_name="python3",
+                               progress_bar=False, log_output=False)
+    return time.perf_counter() - t0
+
+
+def _error_message(e: BaseException) -> str:
+    # papermill's error text carries the failing cell's traceback; keep its last lines
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return " ".join(lines[-3:])[:500] if lines else type(e).__name__
+
+
+def ensure_upsampler_checkpoints(preset: str, upsamplers, out_root: Path, log) -> list[dict]:
+    """Train (via their notebooks) the learned upsamplers whose checkpoint is missing."""
+    status = []
+    done_stems: set[str] = set()
+    for up in dict.fromkeys(upsamplers):
+        if up in PARAMETER_FREE:
+            continue
+        ckpt = checkpoint_path("upsampler", up, preset)
+        if ckpt.is_file():
+            log(f"upsampler {up}: using {ckpt}")
+            status.append({"run": f"upsampler-{up}", "status": "skipped", "seconds": 0.0,
+                           "message": f"checkpoint exists ({ckpt.name})"})
+            continue
+        stems = UPSAMPLER_NOTEBOOKS.get(up, ())
+        t0 = time.perf_counter()
+        try:
+            for stem in stems:
+                if stem in done_stems:
+                    continue
+                _execute(stem, out_root / "upsamplers" / f"{stem}.ipynb", {"PRESET": preset}, log)
+                done_stems.add(stem)
+            ok = ckpt.is_file()
+            msg = (f"trained by {', '.join(stems)}" if ok else
+                   f"no checkpoint after {', '.join(stems) or 'no notebook'}: the probe uses "
+                   "RANDOM upsampler weights (see the summary's weights column)")
+            status.append({"run": f"upsampler-{up}", "status": "done" if ok else "missing",
+                           "seconds": time.perf_counter() - t0, "message": msg})
+            log(f"upsampler {up}: {msg}")
+        except Exception as e:  # noqa: BLE001 - reported, the sweep goes on with random weights
+            status.append({"run": f"upsampler-{up}", "status": "failed",
+                           "seconds": time.perf_counter() - t0,
+                           "message": "upsampler training failed, probes use RANDOM weights: "
+                                      + _error_message(e)})
+            log(f"upsampler {up}: FAILED ({_error_message(e)})")
+    return status
+
+
+def run_one(preset: str, run: Run, root: Path, *, force: bool = False, extra: dict | None = None,
+            log=print) -> dict:
+    """Train + evaluate one grid cell; returns its status dict (never raises on a failed run)."""
+    name = run.name(preset)
+    run_dir = root / name
+    params = run_parameters(preset, run, run_dir, extra)
+    # the run folder's path is not part of the identity of a configuration
+    ident = {"preset": preset, "run": asdict(run),
+             "train": params["train"], "evaluate": {k: v for k, v in params["evaluate"].items()
+                                                    if k != "OUT_DIR"}}
+    h = config_hash(ident)
+    meta_path = run_dir / "run.json"
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("config_hash") != h and not force:
+            msg = (f"{run_dir} holds results of another configuration (hash "
+                   f"{old.get('config_hash')!r}, this run {h!r}); left untouched — delete the "
+                   "folder or pass --force to replace it")
+            log(f"{name}: STALE: {msg}")
+            return {"run": name, "status": "stale", "seconds": 0.0, "message": msg}
+        if old.get("config_hash") == h and old.get("status") == "done" and not force:
+            log(f"{name}: already done, skipped")
+            return {"run": name, "status": "skipped", "seconds": old.get("seconds", 0.0),
+                    "message": "finished earlier (same config hash)"}
+        if force and old.get("config_hash") != h:
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"run": name, "config_hash": h, "identity": ident, "status": "running",
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": {}}
+    atomic_write_json(doc, meta_path)
+    t0 = time.perf_counter()
+    try:
+        doc["seconds"]["train"] = _execute(TRAIN_NOTEBOOK, run_dir / f"{TRAIN_NOTEBOOK}.ipynb",
+                                           params["train"], log)
+        doc["seconds"]["evaluate"] = _execute(EVAL_NOTEBOOK, run_dir / f"{EVAL_NOTEBOOK}.ipynb",
+                                              params["evaluate"], log)
+        doc["status"], msg = "done", ""
+    except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+        doc["status"], msg = "failed", _error_message(e)
+        doc["error"] = traceback.format_exc()[-4000:]
+        log(f"{name}: FAILED: {msg}")
+    doc["total_seconds"] = time.perf_counter() - t0
+    atomic_write_json(doc, meta_path)
+    return {"run": name, "status": doc["status"], "seconds": doc["total_seconds"],
+            "message": msg}
+
+
+def sweep(preset: str = "small", *, root: Path | None = None, only: list[str] | None = None,
+          force: bool = False, aggregate: bool = True, train_upsamplers: bool = True,
+          extra: dict | None = None, log=print) -> list[dict]:
+    """Run the grid of ``preset``; returns one status dict per step (see module docstring)."""
+    if preset not in GRIDS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(GRIDS)}")
+    saved = {k: os.environ.get(k) for k in ("PROBE_LIB_RESULTS", "PROBE_LIB_DATA",
+                                            "PROBE_LIB_CACHE", "HF_HUB_OFFLINE", "MPLBACKEND")}
+    try:
+        return _sweep(preset, root=root, only=only, force=force, aggregate=aggregate,
+                      train_upsamplers=train_upsamplers, extra=extra, log=log)
+    finally:  # the notebooks' kernels inherit these; the caller's process gets its own back
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _sweep(preset, *, root, only, force, aggregate, train_upsamplers, extra, log) -> list[dict]:
+    # notebooks run in their own folder: make every location absolute first
+    for var, default in (("PROBE_LIB_RESULTS", "results"), ("PROBE_LIB_DATA", "data"),
+                         ("PROBE_LIB_CACHE", "~/.cache/probe_lib")):
+        os.environ[var] = str(Path(os.environ.get(var, default)).expanduser().resolve())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    root = Path(root).resolve() if root else results_root().resolve()
+    os.environ["PROBE_LIB_RESULTS"] = str(root)
+    root.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in GRIDS[preset] if not only or r.name(preset) in only or r.upsampler in only]
+    if not runs:
+        raise ValueError(f"--only {only} selects no run; runs of {preset}: "
+                         + ", ".join(r.name(preset) for r in GRIDS[preset]))
+    t0 = time.perf_counter()
+    status: list[dict] = []
+    if train_upsamplers:
+        status += ensure_upsampler_checkpoints(preset, [r.upsampler for r in runs], root, log)
+    for i, run in enumerate(runs):
+        log(f"[{i + 1}/{len(runs)}] {run.name(preset)}")
+        status.append(run_one(preset, run, root, force=force, extra=extra, log=log))
+    if aggregate:
+        t1 = time.perf_counter()
+        # the aggregation notebook reads the statuses (and the total) from this file
+        atomic_write_json({"preset": preset, "runs": status,
+                           "seconds_so_far": time.perf_counter() - t0},
+                          root / f"sweep-{preset}.json")
+        try:
+            _execute(RESULTS_NOTEBOOK, root / f"{RESULTS_NOTEBOOK}-{preset}.ipynb",
+                     {"PRESET": preset}, log)
+            status.append({"run": "aggregate", "status": "done",
+                           "seconds": time.perf_counter() - t1, "message": "summary.md written"})
+        except Exception as e:  # noqa: BLE001
+            status.append({"run": "aggregate", "status": "failed",
+                           "seconds": time.perf_counter() - t1, "message": _error_message(e)})
+    total = time.perf_counter() - t0
+    atomic_write_json({"preset": preset, "runs": status, "total_seconds": total},
+                      root / f"sweep-{preset}.json")
+    log(f"sweep {preset}: {total / 60:.1f} min; "
+        + ", ".join(f"{s['run']}={s['status']}" for s in status))
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m probe_lib.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small", choices=sorted(GRIDS))
+    p.add_argument("--results", default=None, help="results folder (default $PROBE_LIB_RESULTS "
+                   "or ./results)")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="run names or upsampler names to run (default: the whole grid)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun finished runs and replace folders of other configurations")
+    p.add_argument("--no-upsampler-training", action="store_true",
+                   help="do not run notebooks 03/06/07/08 for missing upsampler checkpoints "
+                        "(probes then use random upsampler weights, marked in the summary)")
+    p.add_argument("--list", action="store_true", help="print the grid and exit")
+    a = p.parse_args(argv)
+    if a.list:
+        for r in GRIDS[a.preset]:
+            print(r.name(a.preset))
+        return 0
+    status = sweep(a.preset, root=Path(a.results) if a.results else None, only=a.only,
+                   force=a.force, train_upsamplers=not a.no_upsampler_training)
+    bad = [s for s in status if s["status"] in ("failed", "stale")]
+    if bad:
+        print(f"{len(bad)} step(s) failed or stale: " + ", ".join(s["run"] for s in bad),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
