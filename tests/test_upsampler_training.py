@@ -367,3 +367,42 @@ def test_fit_rejects_bad_steps(tmp_path):
     with pytest.raises(ValueError, match="steps"):
         fit(task, _batch, steps=0, optimizer=torch.optim.SGD(task.param_groups()),
             checkpoint=None)
+
+
+# ---------------------------------------------------------------- FeatSharp pieces
+@pytest.mark.parametrize("n", [8, 12, 384])
+def test_hadamard_is_orthogonal_with_equal_magnitudes(n):
+    from probe_lib.upsampler_training.featsharp import hadamard
+
+    h = hadamard(n)
+    torch.testing.assert_close(h @ h.T, torch.eye(n, dtype=torch.float64))
+    torch.testing.assert_close(h.abs(), torch.full((n, n), n**-0.5, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        hadamard(6)
+
+
+def test_phi_s_equalises_channel_variance_and_inverts():
+    from probe_lib.upsampler_training.featsharp import apply_phi_s, fit_phi_s
+
+    torch.manual_seed(0)
+    x = torch.randn(4000, 8) * torch.tensor([5.0, 3, 1, 1, 0.5, 0.2, 0.1, 0.1]) + 2.0
+    st = fit_phi_s(x)
+    y = apply_phi_s(x.T.reshape(1, 8, 4000, 1), st)[0, :, :, 0]
+    var = y.var(1)
+    torch.testing.assert_close(var, torch.ones(8), atol=0.02, rtol=0)
+    back = (st["inv_rotation"] @ y) / st["alpha"] + st["mean"][:, None]
+    torch.testing.assert_close(back, x.T, atol=1e-3, rtol=0)
+
+
+def test_seam_weights_and_weighted_view_loss():
+    from probe_lib.upsampler_training.featsharp import seam_weight_map, weighted_view_loss
+
+    w = seam_weight_map(8, 2, 2.0, band=1)
+    assert w[3, 0] == 2 and w[4, 0] == 2 and w[0, 3] == 2 and w[0, 0] == 1 and w[2, 2] == 1
+    pred, tgt = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
+    tgt[0, :, 0, 0] = 1.0  # error 1 at one pixel
+    wt = torch.tensor([[2.0, 1.0], [1.0, 0.0]]).view(1, 1, 2, 2)  # last pixel invalid
+    assert weighted_view_loss(pred, tgt, wt).item() == pytest.approx(2 / 4)
+    u = torch.full((1, 1, 2, 2), math.log(2.0))
+    expected = (2 * (0.5 + math.log(2) / 2) + 2 * (math.log(2) / 2)) / 4
+    assert weighted_view_loss(pred, tgt, wt, u).item() == pytest.approx(expected)

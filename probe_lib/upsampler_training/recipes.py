@@ -1,0 +1,201 @@
+"""One call per method: build data, objective and optimiser from a ``Config`` and train.
+
+Sizes (S = ``cfg.upsampler.train_image_size``: 112 at ``small``, 224 at ``full``):
+
+| method | images | notes |
+|---|---|---|
+| LiFT | 2S (448 full) | backbone features of the strided pyramid cached when the set is small |
+| FeatUp JBU | S | 5 jitters, backbone on each |
+| LoftUp stage 1 | S | backbone features cached (``paper``); ``script`` adds 4 jitters |
+| LoftUp stage 2 | T = 2S (small) / 896 (full) | student at S (small) or {224, 336, 448, 518} |
+| FeatSharp | S·u | base + 5 homography views at S |
+
+Checkpoints go to ``checkpoint_path("upsampler", name, cfg.preset)`` with names ``lift``,
+``featup_jbu``, ``loftup_stage1``, ``loftup`` (after stage 2) and ``featsharp``; each loads with
+``create_upsampler(<method>, weights=path)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from probe_lib.utils import checkpoint_path, get_device
+
+from .data import TrainingImages, heldout_synthetic, step_indices
+from .evidence import boundary_scores
+from .featup import FeatUpTask
+from .lift import LiftTask, lift_features
+from .loftup import LoftUpStage1Task, LoftUpStage2Task
+from .loop import TrainResult, clip_schedule, fit
+
+
+def _trainable(name: str, backbone: nn.Module, cfg, init: str | Path | None = None,
+               device=None, **extra: Any) -> nn.Module:
+    from probe_lib.upsamplers import create_upsampler
+
+    kw = {"featup_channelnorm": cfg.upsampler.featup_channelnorm,
+          "loftup_minmax_scope": cfg.upsampler.loftup_minmax_scope,
+          "featsharp_factor": cfg.upsampler.featsharp_factor, **extra}
+    up = create_upsampler(name, dim=backbone.embed_dim, weights=str(init) if init else "random",
+                          trainable=True, **kw)
+    return up.to(device or get_device())
+
+
+def _run(task, cfg, backbone, batch_fn: Callable[[int], Any], optimizer, ckpt_name: str, *,
+         steps: int | None, checkpoint: str | Path | None, stage: str, overwrite: bool,
+         progress: bool, callbacks=None, grad_clip=None, after_backward=None,
+         lr_lambda=None) -> TrainResult:
+    steps = int(steps or cfg.upsampler.train_steps)
+    path = checkpoint_path("upsampler", ckpt_name, cfg.preset) if checkpoint is None else checkpoint
+    config = {**cfg.to_dict(), "stage": stage, "steps": steps}
+    return fit(task, batch_fn, steps=steps, optimizer=optimizer, checkpoint=path, config=config,
+               backbone_id=getattr(backbone, "weights_id", "?"), seed=cfg.train.seed,
+               log_every=max(1, min(cfg.upsampler.train_log_every, steps // 10 or 1)),
+               save_every=cfg.upsampler.train_save_every, amp=cfg.upsampler.train_amp,
+               device=next(task.upsampler.parameters()).device, overwrite=overwrite,
+               progress=progress, callbacks=callbacks, grad_clip=grad_clip,
+               after_backward=after_backward, lr_lambda=lr_lambda)
+
+
+@torch.no_grad()
+def _cache_features(fn: Callable[[torch.Tensor], Any], images: torch.Tensor, device,
+                    chunk: int = 8) -> Any:
+    outs = [fn(images[i:i + chunk].to(device)) for i in range(0, len(images), chunk)]
+    if isinstance(outs[0], dict):
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    return torch.cat(outs)
+
+
+def train_lift(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint=None,
+               overwrite: bool = False, progress: bool = True, callbacks=None):
+    """Train LiFT with its 2x multi-scale objective; returns ``(upsampler, TrainResult)``."""
+    device = next(backbone.parameters()).device
+    up = _trainable("lift", backbone, cfg, device=device)
+    data = TrainingImages(cfg, 2 * cfg.upsampler.train_image_size)
+    bs = cfg.upsampler.train_batch_size
+    if data.cache:
+        feats = _cache_features(lambda x: lift_features(backbone, x), data.all_images(), device)
+
+        def batch_fn(step):
+            idx = step_indices(step, len(data), bs, cfg.train.seed)
+            return {k: v[idx] for k, v in feats.items()}
+    else:
+        def batch_fn(step):
+            return lift_features(backbone, data.batch(step, bs)["image"].to(device))
+    task = LiftTask(up, lr=cfg.upsampler.train_lr or 1e-3)
+    opt = torch.optim.Adam(task.param_groups())
+    res = _run(task, cfg, backbone, batch_fn, opt, "lift", steps=steps, checkpoint=checkpoint,
+               stage="lift", overwrite=overwrite, progress=progress, callbacks=callbacks)
+    return up.eval(), res
+
+
+def train_featup(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint=None,
+                 overwrite: bool = False, progress: bool = True, callbacks=None,
+                 n_jitters: int = 5, crf_weight: float = 0.001, tv_weight: float = 0.0):
+    """Train the FeatUp JBU stack by multi-view reconstruction (NAdam 1e-3, clip 1e-4 for 10
+    steps); returns ``(upsampler, TrainResult)``."""
+    device = next(backbone.parameters()).device
+    up = _trainable("featup_jbu", backbone, cfg, device=device)
+    data = TrainingImages(cfg, cfg.upsampler.train_image_size)
+    bs = cfg.upsampler.train_batch_size
+    task = FeatUpTask(up, backbone, n_jitters=n_jitters, lr=cfg.upsampler.train_lr or 1e-3,
+                      crf_weight=crf_weight, tv_weight=tv_weight)
+    opt = torch.optim.NAdam(task.param_groups())
+    res = _run(task, cfg, backbone, lambda s: data.batch(s, bs)["image"].to(device), opt,
+               "featup_jbu", steps=steps, checkpoint=checkpoint, stage="featup",
+               overwrite=overwrite, progress=progress, callbacks=callbacks,
+               grad_clip=clip_schedule(1e-4, 10, None))
+    return up.eval(), res
+
+
+def train_loftup_stage1(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint=None,
+                        overwrite: bool = False, progress: bool = True, callbacks=None,
+                        alpha: float = 0.8):
+    """LoftUp stage 1 with ``cfg.upsampler.loftup_recipe``; saved as ``loftup_stage1``.
+
+    ``alpha`` 0.8 is the script's value, borrowed by the ``paper`` recipe (SPEC §7.3).
+    """
+    device = next(backbone.parameters()).device
+    up = _trainable("loftup", backbone, cfg, device=device)
+    recipe = cfg.upsampler.loftup_recipe
+    data = TrainingImages(cfg, cfg.upsampler.train_image_size, with_masks=True)
+    bs = cfg.upsampler.train_batch_size
+    feats = None
+    if data.cache and recipe == "paper":
+        feats = _cache_features(backbone, data.all_images(), device)
+
+    def batch_fn(step):
+        b = data.batch(step, bs)
+        out = {"image": b["image"].to(device), "masks": b["masks"].to(device)}
+        if feats is not None:
+            out["feats"] = feats[step_indices(step, len(data), bs, cfg.train.seed)]
+        return out
+
+    task = LoftUpStage1Task(up, backbone, recipe=recipe, alpha=alpha, lr=cfg.upsampler.train_lr)
+    res = _run(task, cfg, backbone, batch_fn, task.make_optimizer(), "loftup_stage1", steps=steps,
+               checkpoint=checkpoint, stage="loftup_stage1", overwrite=overwrite,
+               progress=progress, callbacks=callbacks,
+               grad_clip=clip_schedule(1e-4, 10, None) if recipe == "script" else None)
+    return up.eval(), res
+
+
+def train_loftup_stage2(cfg, backbone: nn.Module, init: str | Path | None = None, *,
+                        steps: int | None = None, checkpoint=None, overwrite: bool = False,
+                        progress: bool = True, callbacks=None, alpha: float = 0.5):
+    """LoftUp stage 2 (EMA self-distillation) from the stage 1 checkpoint ``init`` (default:
+    ``loftup_stage1-<preset>.pt``); saved as ``loftup``. Returns ``(student, TrainResult)``."""
+    device = next(backbone.parameters()).device
+    init = Path(init) if init else checkpoint_path("upsampler", "loftup_stage1", cfg.preset)
+    if not init.is_file():
+        raise FileNotFoundError(f"LoftUp stage 2 starts from a stage 1 checkpoint; {init} is "
+                                "missing: run train_loftup_stage1 (notebook 06) first")
+    up = _trainable("loftup", backbone, cfg, init=init, device=device)
+    s = cfg.upsampler.train_image_size
+    full = cfg.preset == "full"
+    teacher_size = 896 if full else 2 * s
+    student_sizes = (224, 336, 448, 518) if full else (s,)
+    data = TrainingImages(cfg, teacher_size, with_masks=True)
+    bs = cfg.upsampler.train_batch_size
+    recipe = cfg.upsampler.loftup_recipe
+    task = LoftUpStage2Task(up, backbone, recipe=recipe, student_sizes=student_sizes, alpha=alpha,
+                            lr=cfg.upsampler.train_lr)
+
+    def batch_fn(step):
+        b = data.batch(step, bs)
+        return {"image": b["image"].to(device), "masks": b["masks"].to(device)}
+
+    res = _run(task, cfg, backbone, batch_fn, task.make_optimizer(), "loftup", steps=steps,
+               checkpoint=checkpoint, stage="loftup_stage2", overwrite=overwrite,
+               progress=progress, callbacks=callbacks, after_backward=task.after_backward)
+    res.extra["teacher"] = task.teacher
+    return up.eval(), res
+
+
+@torch.no_grad()
+def evaluate_boundaries(upsamplers: dict[str, nn.Module], backbone: nn.Module, cfg,
+                        n_images: int = 8, size: int | None = None,
+                        labels: str = "parts") -> dict[str, dict[str, float]]:
+    """Evidence scores of each upsampler's output on held-out synthetic images.
+
+    For every name -> module: features = module(backbone(image), image) at the image size S, then
+    :func:`~probe_lib.upsampler_training.evidence.boundary_scores` against the exact ``labels``
+    (``"parts"`` = the regions that stand in for SAM masks, or ``"instances"``).
+    Returns ``{name: {"variance_ratio", "boundary_recall"}}``.
+    """
+    size = size or cfg.upsampler.train_image_size
+    held = heldout_synthetic(cfg, size, n_images)
+    device = next(backbone.parameters()).device
+    img = held["image"].to(device)
+    feats = torch.cat([backbone(img[i:i + 4]) for i in range(0, len(img), 4)])
+    out = {}
+    for name, up in upsamplers.items():
+        up.eval()
+        hr = torch.cat([up(feats[i:i + 2], img[i:i + 2], output_size=(size, size)).cpu()
+                        for i in range(0, len(img), 2)])
+        out[name] = boundary_scores(hr, held[labels])
+    return out
