@@ -47,6 +47,8 @@ class UpsamplerConfig:
     # "sa1b" ($PROBE_LIB_DATA/SA1B) | "synthetic" (part masks stand in for SAM masks) | a path
     train_data: str = "sa1b"
     train_save_every: int = 10  # resumable checkpoint every N steps
+    # LoftUp trains on a guidance image of this fraction of the input side (output grid cost)
+    loftup_train_out_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                  "datasets": ("synthetic",), "bootstrap": 200},
         "data": {"train_dataset": "synthetic"},
         "upsampler": {"train_steps": 50, "train_image_size": 112, "train_num_images": 64,
-                      "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10},
+                      "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10,
+                      "loftup_train_out_scale": 0.5},
     },
 }
 _PRESETS["full"] = {

@@ -406,3 +406,20 @@ def test_seam_weights_and_weighted_view_loss():
     u = torch.full((1, 1, 2, 2), math.log(2.0))
     expected = (2 * (0.5 + math.log(2) / 2) + 2 * (math.log(2) / 2)) / 4
     assert weighted_view_loss(pred, tgt, wt, u).item() == pytest.approx(expected)
+
+
+def test_loftup_reduced_output_grid():
+    torch.manual_seed(0)
+    bb, up = TinyBackbone(), TinyUp()
+    masks = torch.zeros(2, 2, 32, 32, dtype=torch.bool)
+    masks[:, 0, :16] = True
+    t1 = LoftUpStage1Task(up, bb, recipe="script", n_jitters=1, out_scale=0.5)
+    out = t1.loss({"image": torch.rand(2, 3, 32, 32), "masks": masks}, 0, torch.Generator())
+    assert torch.isfinite(out["loss"])
+    t2 = LoftUpStage2Task(up, bb, recipe="paper", student_sizes=(16,), out_scale=0.5)
+    tg = t2.teacher_targets(torch.rand(2, 3, 32, 32), masks, 16, [(0, 16)])
+    assert tg[0].shape[-1] == 4  # crop 16 of 32 -> a quarter of the 8 x 8 student output
+    assert torch.isfinite(t2.loss({"image": torch.rand(2, 3, 32, 32), "masks": masks}, 0,
+                                  torch.Generator())["loss"])
+    with pytest.raises(ValueError, match="out_scale"):
+        LoftUpStage1Task(up, bb, out_scale=0.3)

@@ -148,18 +148,41 @@ def crop_boxes(gen: torch.Generator, big: int, crop: int, n: int, snap: int = 16
             for _ in range(n)]
 
 
+def _check_scale(out_scale: float, patch: int) -> float:
+    k = patch * out_scale
+    if not 0 < out_scale <= 1 or abs(k - round(k)) > 1e-6:
+        raise ValueError(f"out_scale must be in (0, 1] with patch_size * out_scale an integer "
+                         f"(patch {patch}), got {out_scale}")
+    return float(out_scale)
+
+
+def _guidance(images: torch.Tensor, masks, out_scale: float):
+    """Guidance image (and masks) at ``out_scale`` x the backbone input: LoftUp outputs at the
+    guidance size, so a smaller guidance makes a cheaper output grid (``small`` uses 0.5; the
+    recipe uses 1)."""
+    if out_scale == 1.0:
+        return images, masks
+    size = (round(images.shape[-2] * out_scale), round(images.shape[-1] * out_scale))
+    guide = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if isinstance(masks, torch.Tensor) and masks.ndim == 4:
+        masks = F.interpolate(masks.float(), size=size, mode="nearest").to(masks.dtype)
+    return guide, masks
+
+
 class LoftUpStage1Task:
     """LoftUp stage 1 for :func:`~probe_lib.upsampler_training.loop.fit`.
 
     Batches: dict with ``image`` (B, 3, S, S) RGB [0, 1], ``masks`` (B, M, S, S) (bool, or int8
     with -1 padding), optional cached ``feats`` (B, C, S/p, S/p) raw backbone features.
+    ``out_scale`` < 1 trains on a guidance image (and output grid) of side ``out_scale * S``
+    (teaching-scale economy; pseudo-GT and masks follow).
     """
 
     name = "loftup"
 
     def __init__(self, upsampler: nn.Module, backbone: nn.Module, recipe: str = "paper",
                  alpha: float = 0.8, lr: float | None = None, proj_dim: int = 64,
-                 n_jitters: int = 4, tv_weight: float = 0.001):
+                 n_jitters: int = 4, tv_weight: float = 0.001, out_scale: float = 1.0):
         if recipe not in RECIPES:
             raise ValueError(f"loftup_recipe must be one of {RECIPES}, got {recipe!r}")
         self.upsampler, self.backbone, self.recipe = upsampler, backbone, recipe
@@ -169,8 +192,10 @@ class LoftUpStage1Task:
         for p in self.norm.parameters():
             p.requires_grad_(False)
         self.proj_dim, self.n_jitters, self.tv_weight = proj_dim, n_jitters, tv_weight
+        self.out_scale = _check_scale(out_scale, backbone.patch_size)
         dim = backbone.embed_dim
-        self.downsampler = AttentionDownsampler(dim, kernel=backbone.patch_size, blur="box")
+        self.downsampler = AttentionDownsampler(
+            dim, kernel=round(backbone.patch_size * out_scale), blur="box")
         self.downsampler.to(next(upsampler.parameters()).device)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -192,8 +217,10 @@ class LoftUpStage1Task:
         masks = batch.get("masks")
         with torch.no_grad():
             lr_raw = batch["feats"] if batch.get("feats") is not None else self.backbone(images)
-            pgt = pseudo_ground_truth(self.norm(lr_raw), masks, images.shape[-2:], self.alpha)
-        hr = self.upsampler(lr_raw, images)
+        guide, masks = _guidance(images, masks, self.out_scale)
+        with torch.no_grad():
+            pgt = pseudo_ground_truth(self.norm(lr_raw), masks, guide.shape[-2:], self.alpha)
+        hr = self.upsampler(lr_raw, guide)
         if self.recipe == "paper":
             mse = F.mse_loss(hr, pgt)
             return {"loss": mse, "pgt_mse": mse}
@@ -233,7 +260,8 @@ class LoftUpStage2Task:
     def __init__(self, upsampler: nn.Module, backbone: nn.Module, recipe: str = "paper",
                  student_sizes: tuple[int, ...] = (224,), alpha: float = 0.5,
                  ema_decay: float = 0.99, ema_every: int = 10, n_crops: int = 2,
-                 lr: float | None = None, border: float = 0.1, affinity_size: int | None = None):
+                 lr: float | None = None, border: float = 0.1, affinity_size: int | None = None,
+                 out_scale: float = 1.0):
         if recipe not in RECIPES:
             raise ValueError(f"loftup_recipe must be one of {RECIPES}, got {recipe!r}")
         self.upsampler, self.backbone, self.recipe = upsampler, backbone, recipe
@@ -244,9 +272,11 @@ class LoftUpStage2Task:
         for p in self.norm.parameters():
             p.requires_grad_(False)
         self.ema = EMA(upsampler, ema_decay, ema_every)
+        self.out_scale = _check_scale(out_scale, backbone.patch_size)
         dim = backbone.embed_dim
         dev = next(upsampler.parameters()).device
-        self.downsampler = AttentionDownsampler(dim, kernel=backbone.patch_size, blur="box").to(dev)
+        self.downsampler = AttentionDownsampler(
+            dim, kernel=round(backbone.patch_size * out_scale), blur="box").to(dev)
         self.scale_net = ScaleNet(dim).to(dev)
         self.weights = ({"rec": 0.0, "tv": 0.0, "aff": 1.0} if recipe == "paper"
                         else {"rec": 1.0, "tv": 0.05, "aff": 20.0})
@@ -282,12 +312,13 @@ class LoftUpStage2Task:
         with alpha and resized to the crop's footprint in the student's s x s output."""
         self.ema.teacher.eval()
         t_size = big.shape[-1]
-        r = max(1, round(s * s / t_size))
+        o = round(s * self.out_scale)  # the student's output side
+        r = max(1, round(s * o / t_size))
         outs = []
         for top, left in boxes:
             crop = big[..., top:top + s, left:left + s]
-            m = masks[..., top:top + s, left:left + s]
-            out = self.ema.teacher(self.backbone(crop), crop)
+            guide, m = _guidance(crop, masks[..., top:top + s, left:left + s], self.out_scale)
+            out = self.ema.teacher(self.backbone(crop), guide)
             if self.alpha > 0 and bool(has_valid_masks(m).any()):
                 out = mask_refine(out, m, self.alpha)
             outs.append(F.interpolate(out, size=(r, r), mode="bilinear", align_corners=False))
@@ -311,12 +342,14 @@ class LoftUpStage2Task:
                               antialias=True)
         with torch.no_grad():
             lr_raw = self.backbone(small)
-        hr = self.upsampler(lr_raw, small)
+        guide, _ = _guidance(small, None, self.out_scale)
+        hr = self.upsampler(lr_raw, guide)
+        o = hr.shape[-1]
         aff = []
         for (top, left), tgt in zip(boxes, targets):
             r = tgt.shape[-1]
-            y0, x0 = round(top * s / t_size), round(left * s / t_size)
-            y0, x0 = min(y0, s - r), min(x0, s - r)
+            y0, x0 = round(top * o / t_size), round(left * o / t_size)
+            y0, x0 = min(y0, o - r), min(x0, o - r)
             aff.append(self._aff(hr[..., y0:y0 + r, x0:x0 + r], tgt))
         aff_mean = torch.stack(aff).mean()
         rec = hr.new_zeros(())

@@ -136,7 +136,8 @@ def train_loftup_stage1(cfg, backbone: nn.Module, *, steps: int | None = None, c
             out["feats"] = feats[step_indices(step, len(data), bs, cfg.train.seed)]
         return out
 
-    task = LoftUpStage1Task(up, backbone, recipe=recipe, alpha=alpha, lr=cfg.upsampler.train_lr)
+    task = LoftUpStage1Task(up, backbone, recipe=recipe, alpha=alpha, lr=cfg.upsampler.train_lr,
+                            out_scale=cfg.upsampler.loftup_train_out_scale)
     res = _run(task, cfg, backbone, batch_fn, task.make_optimizer(), "loftup_stage1", steps=steps,
                checkpoint=checkpoint, stage="loftup_stage1", overwrite=overwrite,
                progress=progress, callbacks=callbacks,
@@ -163,7 +164,8 @@ def train_loftup_stage2(cfg, backbone: nn.Module, init: str | Path | None = None
     bs = cfg.upsampler.train_batch_size
     recipe = cfg.upsampler.loftup_recipe
     task = LoftUpStage2Task(up, backbone, recipe=recipe, student_sizes=student_sizes, alpha=alpha,
-                            lr=cfg.upsampler.train_lr)
+                            lr=cfg.upsampler.train_lr,
+                            out_scale=cfg.upsampler.loftup_train_out_scale)
 
     def batch_fn(step):
         b = data.batch(step, bs)
