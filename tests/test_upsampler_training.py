@@ -370,30 +370,6 @@ def test_fit_rejects_bad_steps(tmp_path):
 
 
 # ---------------------------------------------------------------- FeatSharp pieces
-@pytest.mark.parametrize("n", [8, 12, 384])
-def test_hadamard_is_orthogonal_with_equal_magnitudes(n):
-    from probe_lib.upsampler_training.featsharp import hadamard
-
-    h = hadamard(n)
-    torch.testing.assert_close(h @ h.T, torch.eye(n, dtype=torch.float64))
-    torch.testing.assert_close(h.abs(), torch.full((n, n), n**-0.5, dtype=torch.float64))
-    with pytest.raises(ValueError):
-        hadamard(6)
-
-
-def test_phi_s_equalises_channel_variance_and_inverts():
-    from probe_lib.upsampler_training.featsharp import apply_phi_s, fit_phi_s
-
-    torch.manual_seed(0)
-    x = torch.randn(4000, 8) * torch.tensor([5.0, 3, 1, 1, 0.5, 0.2, 0.1, 0.1]) + 2.0
-    st = fit_phi_s(x)
-    y = apply_phi_s(x.T.reshape(1, 8, 4000, 1), st)[0, :, :, 0]
-    var = y.var(1)
-    torch.testing.assert_close(var, torch.ones(8), atol=0.02, rtol=0)
-    back = (st["inv_rotation"] @ y) / st["alpha"] + st["mean"][:, None]
-    torch.testing.assert_close(back, x.T, atol=1e-3, rtol=0)
-
-
 def test_seam_weights_and_weighted_view_loss():
     from probe_lib.upsampler_training.featsharp import seam_weight_map, weighted_view_loss
 
@@ -423,3 +399,24 @@ def test_loftup_reduced_output_grid():
                                   torch.Generator())["loss"])
     with pytest.raises(ValueError, match="out_scale"):
         LoftUpStage1Task(up, bb, out_scale=0.3)
+
+
+def test_featsharp_task_on_tiny_backbone_grads_and_phis_required():
+    from probe_lib.backbones import create_backbone
+    from probe_lib.upsampler_training.featsharp import FeatSharpTask, fit_phi_s_on_images
+    from probe_lib.upsamplers import create_upsampler
+
+    torch.manual_seed(0)
+    bb = create_backbone("test_tiny")
+    up = create_upsampler("featsharp", dim=bb.embed_dim, backbone=bb, trainable=True,
+                          resolution=56, hidden=64)
+    with pytest.raises(ValueError, match="fit PHI-S"):
+        FeatSharpTask(up, bb)
+    fit_phi_s_on_images(up, bb, torch.rand(4, 3, 56, 56))
+    task = FeatSharpTask(up, bb, n_views=2)
+    out = task.loss(torch.rand(2, 3, 112, 112), 0, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert up.bias_buffer.grad is not None and up.bias_buffer.grad.abs().sum() > 0
+    assert any(p.grad is not None for n, p in up.named_parameters() if n.startswith("jbu."))
+    assert all(p.grad is None for p in bb.parameters())
+    assert len(task.param_groups()) == 2 and task.param_groups()[1]["lr"] == 1e-4

@@ -28,10 +28,11 @@ from probe_lib.utils import checkpoint_path, get_device
 
 from .data import TrainingImages, heldout_synthetic, step_indices
 from .evidence import boundary_scores
+from .featsharp import FeatSharpTask, fit_phi_s_on_images
 from .featup import FeatUpTask
 from .lift import LiftTask, lift_features
 from .loftup import LoftUpStage1Task, LoftUpStage2Task
-from .loop import TrainResult, clip_schedule, fit
+from .loop import TrainResult, clip_schedule, fit, warmup_cosine
 
 
 def _trainable(name: str, backbone: nn.Module, cfg, init: str | Path | None = None,
@@ -175,6 +176,36 @@ def train_loftup_stage2(cfg, backbone: nn.Module, init: str | Path | None = None
                checkpoint=checkpoint, stage="loftup_stage2", overwrite=overwrite,
                progress=progress, callbacks=callbacks, after_backward=task.after_backward)
     res.extra["teacher"] = task.teacher
+    return up.eval(), res
+
+
+def train_featsharp(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint=None,
+                    overwrite: bool = False, progress: bool = True, callbacks=None,
+                    n_views: int = 5):
+    """FeatSharp multi-view training: PHI-S fitted on the training images first, then NAdam 5e-4
+    (JBU 1e-4) with 100 warm-up steps (a tenth of the run at ``small``) and cosine decay, clip 1e-4
+    for 10 steps then 5.0. Returns ``(upsampler, TrainResult)``; the module is built with
+    ``resolution = train_image_size`` and ``featsharp_factor``."""
+    device = next(backbone.parameters()).device
+    r, u = cfg.upsampler.train_image_size, cfg.upsampler.featsharp_factor
+    up = _trainable("featsharp", backbone, cfg, device=device, backbone=backbone, resolution=r)
+    data = TrainingImages(cfg, r * u)
+    bs = cfg.upsampler.train_batch_size
+    steps = int(steps or cfg.upsampler.train_steps)
+    lr_views = torch.nn.functional.interpolate(data.all_images() if data.cache else
+                                               data.batch(0, 64)["image"], size=(r, r),
+                                               mode="bilinear", antialias=True,
+                                               align_corners=False)
+    phis = fit_phi_s_on_images(up, backbone, lr_views)
+    lr = cfg.upsampler.train_lr or 5e-4
+    task = FeatSharpTask(up, backbone, n_views=n_views, lr=lr, jbu_lr=lr / 5)
+    opt = torch.optim.NAdam(task.param_groups())
+    res = _run(task, cfg, backbone, lambda s: data.batch(s, bs)["image"].to(device), opt,
+               "featsharp", steps=steps, checkpoint=checkpoint, stage="featsharp",
+               overwrite=overwrite, progress=progress, callbacks=callbacks,
+               grad_clip=clip_schedule(1e-4, 10, 5.0),
+               lr_lambda=warmup_cosine(min(100, max(1, steps // 10)), steps))
+    res.metrics.update(phis)
     return up.eval(), res
 
 
