@@ -51,7 +51,7 @@ def test_grabcut_exact_decoding_and_non_image_file(tmp_path):
     assert len(ds) == 2 and [p.name for p in ds.skipped_files] == ["notes.txt"]
     smp = ds.get_sample(1)
     assert smp.name == "b" and np.array_equal(smp.image, img)
-    image, gt, name = ds.get_instance(1)
+    _image, gt, name = ds.get_instance(1)
     expected = np.zeros((20, 24), np.int8)
     expected[5:15, 6:18] = 1
     expected[4, :] = -1
