@@ -27,6 +27,16 @@ class StandIn(nn.Module):
         return self.proj(images)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: on a shared 2-core machine a second OpenMP thread mostly waits (10-40x slower
+    # under load); restore the setting for the other test modules.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def bb():
     return StandIn()
@@ -45,7 +55,6 @@ def test_hadamard_orthogonal_pm_entries(n):
     h = hadamard_matrix(n)
     assert torch.allclose(h @ h.T, torch.eye(n, dtype=h.dtype), atol=1e-12)
     assert torch.allclose(h.abs(), torch.full_like(h, n ** -0.5))
-    assert torch.linalg.matrix_rank(h) == n
 
 
 def test_hadamard_bad_order():

@@ -15,6 +15,16 @@ _BN = {"weight": (404,), "bias": (404,), "running_mean": (404,), "running_var": 
        "num_batches_tracked": ()}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: on a shared 2-core machine a second OpenMP thread mostly waits (10-40x slower
+    # under load); restore the setting for the other test modules.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def official_shapes() -> dict[str, tuple]:
     s = {"channelnorm.norm.weight": (384,), "channelnorm.norm.bias": (384,),
          "upsampler.lr_pe.biases": (2, 2, 5), "upsampler.fourier_feat.1.biases": (2, 5, 20),
