@@ -23,7 +23,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 from probe_lib.clicks import clicks_to_tensor  # noqa: E402
 from probe_lib.config import make_config  # noqa: E402

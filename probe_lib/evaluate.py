@@ -275,13 +275,16 @@ def evaluate_instance(predictor: Predictor, image: np.ndarray, gt: np.ndarray, *
                       protocol: str = "isegprobe_fixed224", max_clicks: int = 20,
                       prob_thresh: float = 0.5, flip: bool = True, target_size: int = 224,
                       zoom: ZoomInParams | None = None, clicker: Callable | None = None,
-                      image_key: Any = None) -> tuple[np.ndarray, list[Click], float]:
+                      image_key: Any = None, trace: list | None = None
+                      ) -> tuple[np.ndarray, list[Click], float]:
     """Run the click loop on one instance.
 
     Args:
         image: uint8 (H, W, 3) RGB.
         gt: int (H, W), 1 object / 0 background / -1 ignore.
         image_key: hashable id of the image, enables feature reuse across its instances.
+        trace: optional list; one dict per click is appended with ``probs`` (H, W) float32 and
+            the ``roi`` the network saw (for figures).
 
     Returns:
         (float32 IoUs (max_clicks,), clicks, seconds spent predicting).
@@ -318,6 +321,8 @@ def evaluate_instance(predictor: Predictor, image: np.ndarray, gt: np.ndarray, *
         prev_probs = probs
         pred = probs > prob_thresh
         ious[k] = np.float32(mask_iou(gt, pred))
+        if trace is not None:
+            trace.append({"probs": probs, "roi": roi, "iou": float(ious[k])})
     return ious, clicks, spent
 
 
@@ -410,6 +415,17 @@ def check_probe_matches_config(probe_cfg, cfg, checkpoint: str | Path = "checkpo
         raise ValueError(f"{checkpoint} does not match the configuration: " + "; ".join(problems)
                          + ". Train a probe for this configuration (notebook 09) or change the "
                          "parameters.")
+
+
+def weights_meta(probe: Any, checkpoint: str | Path | None = None) -> dict:
+    """Which weights a probe runs on, for the results files: backbone and upsampler weights ids
+    and whether the upsampler weights are random (never to be presented as trained)."""
+    up_id = str(getattr(getattr(probe, "upsampler", None), "weights_id", "?"))
+    learned = bool(getattr(getattr(probe, "upsampler", None), "learned", False))
+    return {"backbone_weights": str(getattr(getattr(probe, "backbone", None), "weights_id", "?")),
+            "upsampler_weights": up_id,
+            "upsampler_random": learned and up_id.lower().startswith("random"),
+            "probe_checkpoint": Path(checkpoint).name if checkpoint else None}
 
 
 def config_hash(d: dict) -> str:

