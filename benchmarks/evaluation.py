@@ -25,9 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from probe_lib.clicks import clicks_to_tensor  # noqa: E402
-from probe_lib.config import make_config  # noqa: E402
-from probe_lib.utils import atomic_write_json, environment_info, get_device, results_root  # noqa: E402,E501
+from probe_lib.clicks import clicks_to_tensor
+from probe_lib.config import make_config
+from probe_lib.utils import atomic_write_json, environment_info, get_device, results_root
 
 
 def _clicks(k: int, size: int) -> list[torch.Tensor]:
