@@ -280,6 +280,17 @@ def test_real_tiny_vit_backbone():
     assert out.shape == (1, 384, 28, 42) and torch.isfinite(out).all()
 
 
+def test_seam_contrast():
+    smooth = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(1, 3, 16, 16)
+    assert abs(FS.seam_contrast(smooth, 2) - 1.0) < 1e-4  # a ramp: uniform differences
+    tiles = torch.zeros(1, 3, 16, 16)
+    tiles[..., 8:, :] += 5.0  # second tile row offset: a jump only at the seam
+    tiles = tiles + 0.01 * torch.randn(1, 3, 16, 16)
+    assert FS.seam_contrast(tiles, 2) > 20
+    with pytest.raises(ValueError, match="divisible"):
+        FS.seam_contrast(torch.zeros(1, 3, 15, 16), 2)
+
+
 def test_bad_input(bb):
     with pytest.raises(ValueError, match="backbone"):
         create_upsampler("featsharp")

@@ -436,6 +436,28 @@ class FeatSharp(Upsampler):
         return self.sharpen(feats[:b], merge_tiles(feats[b:], u), lr_img)
 
 
+def seam_contrast(feats: torch.Tensor, u: int) -> float:
+    """How much a (B, C, H, W) map jumps at the u x u tile seams compared with elsewhere.
+
+    Mean L2 norm of neighbour differences (both axes) across the seam lines divided by the mean
+    over all other neighbour pairs: ~1 for a seamless map, large when the tiles disagree.
+    """
+    if feats.ndim != 4 or feats.shape[-2] % u or feats.shape[-1] % u:
+        raise ValueError(f"feats must be (B, C, H, W) with H, W divisible by u={u}, "
+                         f"got {tuple(feats.shape)}")
+    f = feats.detach().float()
+    th, tw = f.shape[-2] // u, f.shape[-1] // u
+    dy = (f[:, :, 1:] - f[:, :, :-1]).norm(dim=1)  # (B, H-1, W): pair (y, y+1)
+    dx = (f[..., 1:] - f[..., :-1]).norm(dim=1)  # (B, H, W-1)
+    sy = torch.zeros(dy.shape[1], dtype=torch.bool)
+    sy[th - 1::th] = True
+    sx = torch.zeros(dx.shape[2], dtype=torch.bool)
+    sx[tw - 1::tw] = True
+    seam = torch.cat([dy[:, sy].reshape(-1), dx[:, :, sx].reshape(-1)])
+    rest = torch.cat([dy[:, ~sy].reshape(-1), dx[:, :, ~sx].reshape(-1)])
+    return float(seam.mean() / rest.mean().clamp_min(1e-12))
+
+
 __all__ = [
     "FeatSharp",
     "FusionBlock",
@@ -446,5 +468,6 @@ __all__ = [
     "dense_alibi_mask",
     "merge_tiles",
     "prime_factors",
+    "seam_contrast",
     "split_tiles",
 ]
