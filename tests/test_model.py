@@ -30,8 +30,9 @@ def backbone():
 
 
 def cfg_for(**kw):
-    base = dict(backbone__name="test_tiny", backbone__weights="random", upsampler__weights="random",
-                upsampler__name="bilinear", head="lean_conv", image_size=S)
+    base = {"backbone__name": "test_tiny", "backbone__weights": "random",
+            "upsampler__weights": "random", "upsampler__name": "bilinear", "head": "lean_conv",
+            "image_size": S}
     base.update(kw)
     return make_config("small", **base)
 

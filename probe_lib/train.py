@@ -1,0 +1,566 @@
+"""Probe training: iSegProbe's recipe (SPEC §4) as ``full``, a CPU-sized version as ``small``.
+
+    >>> history = train_probe(make_config("small"))          # trains or resumes, returns the log
+
+One step: draw a batch (augmentations §4.1, MultiPointSampler §4.2), add 0-3 iterative clicks with
+the model in eval mode and no gradients (§4.3), then a gradient step on the normalized focal loss
+(§3.4) with Adam; the learning rate follows MultiStepLR per epoch. Frozen backbone/upsampler
+features that the clicks cannot change are computed once per batch and reused by the iterative
+clicks and the gradient forward (exact; skipped with ``frozen_bn_mode="reference"`` where the
+frozen modules behave differently in train and eval mode).
+
+Randomness is keyed, not streamed: sample ``pos`` of epoch ``e`` is augmented and clicked with
+``numpy.random.default_rng([seed, e, pos])`` and batch ``t`` draws its number of iterative clicks
+from ``[seed, e, t]``. Hence an interrupted run resumes to bit-identical weights, and a
+``torchrun`` run with W processes sees the same samples as a single process with the same global
+batch size (each rank takes a contiguous slice of every global batch).
+
+Multi-GPU: ``torchrun --nproc_per_node 4 -m probe_lib.train --preset full`` (NCCL on CUDA, gloo
+on CPU); ``cfg.train.batch_size`` is the global batch and must be divisible by the world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from probe_lib.augment import IsegAugment, pad_if_needed, random_crop, resize
+from probe_lib.clicks import MultiPointSampler, add_training_clicks, clicks_to_tensor, next_click
+from probe_lib.losses import NormalizedFocalLoss
+from probe_lib.model import ISProbe, build_probe, save_probe
+from probe_lib.utils import atomic_write_json, checkpoint_path, get_device
+
+__all__ = ["ProbeTrainSet", "batch_loss", "default_out_path", "iou", "main", "train_probe", "validate"]
+
+REFERENCE_SIZE = 224  # the recipe's crop; other sizes rescale the data by size / 224 first
+
+
+def default_out_path(cfg) -> Path:
+    """``checkpoint_path("probe", f"{upsampler}-{injection}", preset)``."""
+    return checkpoint_path("probe", f"{cfg.upsampler.name}-{cfg.probe.injection}", cfg.preset)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+def _get_dataset(cfg, split: str):
+    from probe_lib.data.is_datasets import get_dataset
+
+    name = cfg.data.train_dataset
+    kwargs = {"min_area_ratio": 0.08} if split == "train" else {}
+    root = None
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root) / ("synthetic" if name.lower() == "synthetic" else name)
+    return get_dataset(name, split=split, root=root, **kwargs)
+
+
+def _sample_weights(ds, cfg) -> np.ndarray | None:
+    """RITM's SBD image weights, p ∝ (1 - score)^1.25, aligned with ``ds``; None = uniform."""
+    if not cfg.train.weighted_sampling or cfg.data.train_dataset != "SBD":
+        return None
+    try:
+        from probe_lib.data.sbd_weights import load_sample_weights
+    except ImportError:
+        return None
+    try:
+        entries = load_sample_weights()
+    except FileNotFoundError:
+        return None
+    scores = {}
+    for e in entries:
+        if isinstance(e, dict):
+            scores[str(e["name"])] = float(e["score"])
+        else:
+            scores[str(e[1])] = float(e[2])
+    names = getattr(ds, "names", None)
+    if names is None or not all(n in scores for n in names):
+        missing = [n for n in (names or []) if n not in scores][:3]
+        print(f"[probe_lib] SBD sampling weights do not cover the dataset (e.g. {missing}); "
+              "sampling uniformly")
+        return None
+    w = np.array([(1.0 - scores[n]) ** 1.25 for n in names], np.float64)
+    return w / w.sum()
+
+
+class ProbeTrainSet(Dataset):
+    """Training items from an IS dataset: augmented crop, sampled clicks, target.
+
+    ``set_epoch(epoch, order)`` fixes the epoch's draw order (``order[pos]`` = image index);
+    ``self[pos]`` returns a dict with ``image`` float (3, S, S) RGB in [0, 1], ``points`` float
+    (2M, 3), ``gt`` float (1, S, S) in {0, 1, -1}, ``objects_removed`` (int, instances dropped
+    because they were empty or all-ignore), all drawn with ``default_rng([seed, epoch, pos])``.
+    """
+
+    def __init__(self, ds, size: int, seed: int = 0, num_points: int = 24,
+                 augment: bool = True) -> None:
+        self.ds = ds
+        self.size = size
+        self.seed = seed
+        self.scale = size / REFERENCE_SIZE
+        self.augment = IsegAugment(crop_size=size,
+                                   min_object_area=max(1, round(80 * self.scale**2)))
+        self.do_augment = augment
+        self.sampler = MultiPointSampler(max_num_points=num_points)
+        self.epoch = 0
+        self.order = np.arange(len(ds))
+
+    def set_epoch(self, epoch: int, order: np.ndarray) -> None:
+        self.epoch = int(epoch)
+        self.order = np.asarray(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        smp = self.ds.get_sample(int(index))
+        image, objects, ignore = smp.image, np.asarray(smp.objects, np.int32), smp.ignore
+        if objects.shape != image.shape[:2]:
+            raise ValueError(f"{smp.name}: mask size {objects.shape} differs from image size "
+                             f"{image.shape[:2]}")
+        ignore = np.zeros(objects.shape, bool) if ignore is None else np.asarray(ignore, bool)
+        # instances that are empty or entirely ignored carry no signal: drop and count them
+        removed = 0
+        for obj in np.unique(objects):
+            if obj > 0 and not ((objects == obj) & ~ignore).any():
+                objects = np.where(objects == obj, 0, objects)
+                removed += 1
+        if self.scale != 1.0:
+            h, w = image.shape[:2]
+            nh, nw = max(1, round(h * self.scale)), max(1, round(w * self.scale))
+            image = resize(image, nh, nw)
+            objects = resize(objects, nh, nw, nearest=True)
+            ignore = resize(ignore, nh, nw, nearest=True)
+        return image, objects, ignore, removed
+
+    def __getitem__(self, pos: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(pos)])
+        image, objects, ignore, removed = self.load(self.order[pos])
+        if self.do_augment:
+            a = self.augment(image, objects, ignore, rng)
+            image, objects, ignore = a.image, a.objects, a.ignore
+        else:
+            s = self.size
+            hs, ws = rng.random(), rng.random()
+            image, objects, ignore = (random_crop(pad_if_needed(x, s, s), s, s, hs, ws)
+                                      for x in (image, objects, ignore))
+        points, gt = self.sampler(objects, rng, ignore=ignore)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+                / 255.0,
+                "points": torch.from_numpy(points), "gt": torch.from_numpy(gt),
+                "objects_removed": removed}
+
+
+class _RankSlices(Sampler):
+    """Positions of this rank: a contiguous slice ``[r*b, (r+1)*b)`` of every global batch.
+
+    Like ``DistributedSampler`` it splits an epoch between ranks, but the slicing keeps a
+    W-process run sample-for-sample equal to a single process with the same global batch.
+    """
+
+    def __init__(self, num: int, global_batch: int, rank: int, world: int) -> None:
+        self.steps = num // global_batch  # drop_last
+        self.per_rank = global_batch // world
+        self.global_batch = global_batch
+        self.rank = rank
+        self.start_step = 0
+
+    def __iter__(self):
+        for t in range(self.start_step, self.steps):
+            base = t * self.global_batch + self.rank * self.per_rank
+            yield from range(base, base + self.per_rank)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.per_rank
+
+
+def _epoch_order(n_images: int, draws: int, seed: int, epoch: int,
+                 weights: np.ndarray | None) -> np.ndarray:
+    rng = np.random.default_rng([seed, epoch, 2**31 - 1])
+    if weights is not None:  # weighted, with replacement (RITM's WeightedRandomSampler)
+        return rng.choice(n_images, size=draws, replace=True, p=weights)
+    reps = math.ceil(draws / n_images)
+    return np.concatenate([rng.permutation(n_images) for _ in range(reps)])[:draws]
+
+
+def batch_loss(per_sample: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean of per-sample losses (B,) over samples with at least one non-ignored pixel.
+
+    All-ignore samples carry no signal: they are skipped and counted (second return value), and
+    a batch with nothing left gives a zero loss that still back-propagates (keeps DDP in step).
+    Under DDP each rank averages its own samples and DDP averages the gradients over ranks.
+    """
+    keep = (gt != -1).flatten(1).any(1)
+    n_skip = int((~keep).sum())
+    if not keep.any():
+        return (per_sample * 0).sum(), n_skip
+    return (per_sample * keep).sum() / int(keep.sum()), n_skip
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-sample IoU of bool predictions (B, 1, H, W) with targets in {0, 1, -1} (ignore -1).
+
+    A sample with an empty union scores 1 (nothing to find, nothing predicted).
+    """
+    valid = gt != -1
+    obj = gt > 0.5
+    inter = (pred & obj & valid).flatten(1).sum(1).float()
+    union = ((pred | obj) & valid).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+@torch.no_grad()
+def validate(model: ISProbe, val_set: ProbeTrainSet, num: int, device, batch_size: int = 8
+             ) -> dict[str, float]:
+    """Mean IoU on ``num`` fixed validation crops (same crops and clicks every epoch).
+
+    ``val_iou``: clicks from the MultiPointSampler (RITM's validation); ``val_iou_1click``: one
+    click from the evaluation clicker (:func:`probe_lib.clicks.next_click`). Threshold 0.5.
+    """
+    was = model.training
+    model.eval()
+    n = min(num, len(val_set))
+    ious, ious1 = [], []
+    for start in range(0, n, batch_size):
+        items = [val_set[i] for i in range(start, min(n, start + batch_size))]
+        image = torch.stack([it["image"] for it in items]).to(device)
+        gt = torch.stack([it["gt"] for it in items]).to(device)
+        points = torch.stack([it["points"] for it in items]).to(device)
+        prev = torch.zeros_like(gt)
+        cache = model.encode_image(image)
+        pred = torch.sigmoid(model.forward_cached(cache, prev, points)) > 0.5
+        ious.append(iou(pred, gt).cpu())
+        first = []
+        for g in gt[:, 0].cpu().numpy():
+            pos, (r, c) = next_click(np.where(g == -1, -1, (g > 0.5)).astype(np.int64),
+                                     np.zeros(g.shape, bool))
+            first.append(clicks_to_tensor([(r, c, pos)], max_points=1))
+        pts1 = torch.cat(first).to(device)
+        pred1 = torch.sigmoid(model.forward_cached(cache, prev, pts1)) > 0.5
+        ious1.append(iou(pred1, gt).cpu())
+    model.train(was)
+    if not ious:
+        return {"val_iou": float("nan"), "val_iou_1click": float("nan")}
+    return {"val_iou": float(torch.cat(ious).mean()), "val_iou_1click": float(torch.cat(ious1).mean())}
+
+
+# --------------------------------------------------------------------------------------------
+# distributed helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _init_dist(world: int, local: int, device: torch.device) -> torch.device:
+    import torch.distributed as dist
+
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+
+
+def _state_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + ".train_state.pt")
+
+
+def _history_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + ".history.json")
+
+
+def train_probe(
+    cfg,
+    out_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    *,
+    train_dataset=None,
+    val_dataset=None,
+    backbone=None,
+    upsampler=None,
+    device: str | torch.device | None = None,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train a probe with ``cfg`` and save it (SPEC §4).
+
+    Args:
+        cfg: a :class:`probe_lib.config.Config` (``probe``, ``train``, ``data`` sections).
+        out_path: final probe checkpoint (:func:`probe_lib.model.save_probe` format); default
+            :func:`default_out_path`. Beside it: ``<stem>.train_state.pt`` (written atomically
+            every epoch: trainable weights, Adam and scheduler state, RNG state, history) and
+            ``<stem>.history.json`` (per-step losses, per-epoch validation).
+        resume: continue from the state file if present (a finished run returns its history
+            without training); a state made with a different config raises a ValueError.
+            ``False`` starts afresh and overwrites.
+        progress: tqdm bars.
+        train_dataset, val_dataset: objects with ``len`` and ``get_sample(i) -> ISSample``;
+            default ``get_dataset(cfg.data.train_dataset, "train" / "val")``.
+        backbone, upsampler: prebuilt frozen modules (default: built from ``cfg``).
+        device: default :func:`probe_lib.utils.get_device` (or this rank's GPU under torchrun).
+        stop_after_epochs: return after this many epochs of *this call* as if interrupted
+            (for tests and time-boxed runs); the state file allows resuming.
+
+    Returns:
+        History dict: ``steps`` (list of {epoch, step, loss, lr, clicks_added, seconds}),
+        ``epochs`` (list of {epoch, train_loss, val_iou, val_iou_1click, lr, seconds,
+        skipped_all_ignore, objects_removed}), ``val_before`` (validation of the untrained
+        probe), ``config``, ``out_path``, ``complete``, ``images_per_second``.
+    """
+    from tqdm.auto import tqdm
+
+    tc = cfg.train
+    rank, world, local = _dist_env()
+    device = torch.device(device) if device is not None else get_device()
+    device = _init_dist(world, local, device)
+    is_main = rank == 0
+    if tc.batch_size % world:
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the number of "
+                         f"processes ({world})")
+    out_path = Path(out_path) if out_path is not None else default_out_path(cfg)
+    state_path, hist_path = _state_path(out_path), _history_path(out_path)
+
+    state = None
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["config"] != cfg.to_dict():
+            raise ValueError(f"{state_path} was written with a different config; pass "
+                             "resume=False to start over or choose another out_path")
+        if state["history"].get("complete") and out_path.is_file():
+            if is_main and progress:
+                print(f"[probe_lib] {out_path.name}: training already complete; loaded history")
+            return state["history"]
+
+    # model (seeded so that a fresh run and a resumed run start from the same init)
+    torch.manual_seed(tc.seed)
+    model = build_probe(cfg, backbone=backbone, upsampler=upsampler).to(device)
+    params = model.trainable_parameters()
+    if not params:
+        raise ValueError("the probe has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(tc.lr_milestones),
+                                                 gamma=tc.lr_gamma)
+    history: dict[str, Any] = {"steps": [], "epochs": [], "config": cfg.to_dict(),
+                               "out_path": str(out_path), "complete": False, "world_size": world}
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["trainable"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = state["history"]
+        start_epoch = int(state["epoch"]) + 1
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+
+    # data
+    train_ds = train_dataset if train_dataset is not None else _get_dataset(cfg, "train")
+    n_images = len(train_ds) if tc.num_images is None else min(tc.num_images, len(train_ds))
+    if n_images == 0:
+        raise ValueError("the training dataset has no images")
+    size = cfg.probe.image_size
+    train_set = ProbeTrainSet(train_ds, size, seed=tc.seed, num_points=tc.num_max_points)
+    weights = _sample_weights(train_ds, cfg)
+    if weights is not None and n_images < len(train_ds):
+        weights = weights[:n_images] / weights[:n_images].sum()
+    if tc.batch_size > n_images:
+        raise ValueError(f"train.batch_size={tc.batch_size} exceeds the {n_images} training "
+                         "images (drop_last would leave no step)")
+    steps_per_epoch = n_images // tc.batch_size
+    per_rank = tc.batch_size // world
+
+    val_set = None
+    if is_main and tc.val_samples > 0:
+        vds = val_dataset if val_dataset is not None else _get_dataset(cfg, "val")
+        val_set = ProbeTrainSet(vds, size, seed=tc.seed + 1, num_points=tc.num_max_points,
+                                augment=False)
+        val_order = np.random.default_rng([tc.seed, 7]).permutation(len(vds))
+        val_set.set_epoch(0, val_order[: tc.val_samples])
+
+    train_model: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = NormalizedFocalLoss(alpha=0.5, gamma=2.0, reduction="none")
+    reuse_cache = cfg.upsampler.frozen_bn_mode == "eval"
+    use_amp = bool(tc.amp) and device.type == "cuda"
+
+    def save_state(epoch: int) -> None:
+        obj = {"config": cfg.to_dict(), "epoch": epoch, "trainable": model.trainable_state_dict(),
+               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+               "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+               "history": history}
+        from probe_lib.utils import atomic_torch_save
+
+        atomic_torch_save(obj, state_path)
+        atomic_write_json(history, hist_path)
+
+    if is_main and val_set is not None and state is None:
+        # the untrained baseline, so that curves show what training changed
+        history["val_before"] = validate(model, val_set, tc.val_samples, device)
+    epochs_run = 0
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.perf_counter()
+        order = _epoch_order(n_images, n_images, tc.seed, epoch, weights)
+        train_set.set_epoch(epoch, order)
+        sampler = _RankSlices(n_images, tc.batch_size, rank, world)
+        loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler,
+                            num_workers=tc.num_workers, drop_last=True,
+                            persistent_workers=False, pin_memory=device.type == "cuda")
+        model.train()
+        losses, skipped, removed = [], 0, 0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not (progress and is_main), leave=False)
+        for step, batch in enumerate(bar):
+            ts = time.perf_counter()
+            image = batch["image"].to(device, non_blocking=True)
+            points = batch["points"].to(device)
+            gt = batch["gt"].to(device)
+            removed += int(batch["objects_removed"].sum())
+            brng = np.random.default_rng([tc.seed, epoch, step, 3])
+            num_iters = int(brng.integers(0, tc.max_num_next_clicks + 1))
+            prev = torch.zeros_like(gt)
+            cache = model.encode_image(image) if reuse_cache else None
+            if num_iters:
+                model.eval()
+                with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
+                    for k in range(1, num_iters + 1):
+                        c = cache if cache is not None else model.encode_image(image)
+                        prev = torch.sigmoid(model.forward_cached(c, prev, points).float())
+                        # per-sample generators keyed on the global sample position
+                        rngs = [np.random.default_rng([tc.seed, epoch, step * tc.batch_size
+                                                       + rank * per_rank + i, 10 + k])
+                                for i in range(image.shape[0])]
+                        points = torch.cat([
+                            add_training_clicks(points[i:i + 1], gt[i:i + 1], prev[i:i + 1], k,
+                                                rngs[i]) for i in range(image.shape[0])])
+                model.train()
+            with torch.autocast(device.type, enabled=use_amp):
+                logits = train_model(image, prev, points, cache=cache)
+            loss, n_skip = batch_loss(loss_fn(logits.float(), gt), gt)
+            skipped += n_skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = float(loss.detach())
+            if world > 1:
+                t = torch.tensor([lv], device=device)
+                torch.distributed.all_reduce(t)
+                lv = float(t) / world
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"non-finite loss {lv} at epoch {epoch} step {step}")
+            losses.append(lv)
+            history["steps"].append({"epoch": epoch, "step": step, "loss": lv,
+                                     "lr": opt.param_groups[0]["lr"], "clicks_added": num_iters,
+                                     "seconds": round(time.perf_counter() - ts, 4)})
+            bar.set_postfix(loss=f"{lv:.4f}")
+        bar.close()
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                  "lr": lr, "seconds": round(seconds, 2), "skipped_all_ignore": skipped,
+                  "objects_removed": removed,
+                  "images_per_second": round(steps_per_epoch * tc.batch_size / seconds, 2)}
+        if is_main:
+            if val_set is not None:
+                record.update(validate(model, val_set, tc.val_samples, device))
+            history["epochs"].append(record)
+            if progress:
+                print(f"[probe_lib] epoch {epoch + 1}/{tc.epochs}: "
+                      + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in record.items() if k != "epoch"))
+            history["complete"] = epoch + 1 == tc.epochs
+            if history["complete"]:
+                save_probe(model, out_path, cfg, metrics=record)
+            save_state(epoch)
+        if world > 1:
+            torch.distributed.barrier()
+        epochs_run += 1  # noqa: SIM113
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs \
+                and epoch + 1 < tc.epochs:
+            break
+    if history["epochs"]:
+        secs = sum(e["seconds"] for e in history["epochs"])
+        history["images_per_second"] = round(
+            len(history["epochs"]) * steps_per_epoch * tc.batch_size / max(secs, 1e-9), 2)
+    return history
+
+
+# --------------------------------------------------------------------------------------------
+# command line (also the torchrun entry point)
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m probe_lib.train --preset small [--set probe__head=convhead ...] [--out P]``."""
+    from probe_lib.config import make_config
+
+    p = argparse.ArgumentParser(prog="python -m probe_lib.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. upsampler__name=loftup (JSON values)")
+    p.add_argument("--out", default=None, help="probe checkpoint path (default: cache)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            p.error(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k] = _parse_value(v)
+    cfg = make_config(args.preset, **overrides)
+    hist = train_probe(cfg, out_path=args.out, resume=not args.no_resume,
+                       progress=not args.no_progress, device=args.device)
+    rank, world, _ = _dist_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        last = hist["epochs"][-1] if hist["epochs"] else {}
+        print(json.dumps({"out_path": hist["out_path"], "complete": hist["complete"], **last}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
