@@ -52,3 +52,436 @@ def decode_rle(rle: dict) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(obj).astype(bool)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def _resize_crop_params(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Shortest side -> ``size`` then a centred ``size`` x ``size`` crop: (new_h, new_w, top, left)."""
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    return nh, nw, round((nh - size) / 2.0), round((nw - size) / 2.0)
+
+
+def resize_center_crop(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Resize so the shorter side is ``size``, then crop the centre ``size`` x ``size``.
+
+    Args:
+        image: (H, W) or (H, W, C) array (C may be large for stacked masks).
+        nearest: nearest-neighbour (masks) instead of area/bilinear (photos).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    nh, nw, top, left = _resize_crop_params(h, w, size)
+    if nearest:
+        # pixel-centre nearest neighbour by indexing: exact, any channel count (OpenCV's resize
+        # caps the channels) and only the cropped window is computed
+        rows = np.minimum(((np.arange(top, top + size) + 0.5) * h / nh).astype(np.int64), h - 1)
+        cols = np.minimum(((np.arange(left, left + size) + 0.5) * w / nw).astype(np.int64), w - 1)
+        return np.ascontiguousarray(image[rows][:, cols])
+    interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
+    out = cv2.resize(image, (nw, nh), interpolation=interp)
+    if image.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return np.ascontiguousarray(out[top:top + size, left:left + size])
+
+
+def _find_images(folder, exts=(".jpg", ".jpeg")):
+    from pathlib import Path
+
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+class _SkippingDataset:
+    """Shared skip-on-corruption behaviour: a bad item is replaced by the next good one."""
+
+    name = "dataset"
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, str] = {}
+
+    @property
+    def num_skipped(self) -> int:
+        """Items found corrupt so far (in this process) and skipped."""
+        return len(self.skipped)
+
+    def _load(self, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i: int):
+        n = len(self)
+        if n == 0:
+            raise IndexError(f"{self.name}: the dataset is empty")
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"{self.name}: index {i} out of range [0, {n})")
+        i %= n
+        for k in range(n):
+            j = (i + k) % n
+            key = self._key(j)
+            if key in self.skipped:
+                continue
+            try:
+                return self._load(j)
+            except _Corrupt as e:
+                self.skipped[key] = str(e)
+                warnings.warn(f"{self.name}: skipping corrupt item {key}: {e} "
+                              f"({self.num_skipped} skipped so far)", stacklevel=2)
+        raise RuntimeError(f"{self.name}: every item is corrupt ({self.num_skipped} skipped)")
+
+    def _key(self, i: int) -> str:
+        raise NotImplementedError
+
+    def scan(self) -> int:
+        """Read every item once, drop the corrupt ones up front; returns how many were dropped."""
+        bad = []
+        for j in range(len(self)):
+            try:
+                self._load(j)
+            except _Corrupt as e:
+                self.skipped[self._key(j)] = str(e)
+                bad.append(j)
+        self._drop(bad)
+        if bad:
+            warnings.warn(f"{self.name}: dropped {len(bad)} corrupt item(s)", stacklevel=2)
+        return len(bad)
+
+    def _drop(self, indices) -> None:
+        raise NotImplementedError
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _read_rgb(path) -> np.ndarray:
+    import cv2
+
+    data = np.fromfile(str(path), np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise _Corrupt(f"cannot decode image {path}")
+    return img[:, :, ::-1]
+
+
+class SA1BDataset(_SkippingDataset):
+    """SA-1B subset: ``<root>/sa1b/sa_<id>.jpg`` + ``sa_<id>.json`` (or the files directly in root).
+
+    Differences from LoftUp's loader (SPEC §6.2, pitfall 18): files are taken in **sorted** order
+    (its main branch globs unsorted, so its subset depends on the file system); the JSON is the
+    image path with the ``.jpg`` suffix replaced (not every ``jpg`` in the path); masks come back as
+    a variable-length list, not padded with -1 masks to 150 -- :func:`collate_sa1b` pads a batch
+    and returns an explicit validity flag (:func:`to_reference_padding` gives the -1 form).
+
+    Args:
+        root: folder containing ``sa1b/`` (or the image folder itself).
+        size: output side S; image and masks are resized (shorter side -> S; area/bilinear for the
+            image, nearest for masks) and centre-cropped.
+        max_masks: keep the first ``max_masks`` annotations in JSON order.
+        num_images: first N images of the sorted listing (None = all).
+
+    Item: ``dict(image=float32 (3, S, S) RGB in [0, 1], masks=bool (M, S, S) with M <= max_masks,
+    name=str)``. A corrupt JPEG or JSON (or a missing JSON) is skipped with a warning and
+    counted in ``num_skipped``; the next good item is returned instead (never a crash mid-epoch).
+    """
+
+    name = "SA1B"
+
+    def __init__(self, root, size: int, max_masks: int = 150, num_images: int | None = None):
+        from pathlib import Path
+
+        super().__init__()
+        root = Path(root)
+        if int(size) < 1:
+            raise ValueError(f"size must be a positive int, got {size}")
+        if int(max_masks) < 1:
+            raise ValueError(f"max_masks must be >= 1, got {max_masks}")
+        folder = root / "sa1b" if (root / "sa1b").is_dir() else root
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"SA-1B folder not found: {folder}. Fetch a subset with `python "
+                "data_scripts/get_sa1b.py --links <links file> -n N --root <dir>`, or use the "
+                "synthetic stand-in (ensure_synthetic() / 'SA1B' subfolder).")
+        paths = _find_images(folder)
+        if not paths:
+            raise FileNotFoundError(f"no sa_*.jpg images in {folder} (expected SA-1B layout "
+                                    "<root>/sa1b/sa_<id>.{jpg,json})")
+        if num_images is not None:
+            paths = paths[: int(num_images)]
+        self.root, self.size, self.max_masks = folder, int(size), int(max_masks)
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _key(self, i: int) -> str:
+        return self.paths[i].name
+
+    def _drop(self, indices) -> None:
+        bad = set(indices)
+        self.paths = [p for k, p in enumerate(self.paths) if k not in bad]
+
+    def read_annotations(self, i: int) -> dict:
+        """The parsed JSON of image ``i`` (raises on a corrupt file)."""
+        import json
+
+        jp = self.paths[i].with_suffix(".json")
+        try:
+            rec = json.loads(jp.read_text())
+        except (OSError, ValueError) as e:
+            raise _Corrupt(f"cannot read annotations {jp}: {e}") from e
+        if not isinstance(rec, dict) or not isinstance(rec.get("annotations"), list):
+            raise _Corrupt(f"{jp} has no 'annotations' list")
+        return rec
+
+    def _load(self, i: int) -> dict:
+        import torch
+
+        path = self.paths[i]
+        rec = self.read_annotations(i)
+        img = _read_rgb(path)
+        h, w = img.shape[:2]
+        anns = rec["annotations"][: self.max_masks]
+        masks = np.zeros((h, w, len(anns)), np.uint8)
+        try:
+            for k, a in enumerate(anns):
+                m = decode_rle(a["segmentation"])
+                if m.shape != (h, w):
+                    raise ValueError(f"mask {k} is {m.shape}, image is {(h, w)}")
+                masks[:, :, k] = m
+        except (KeyError, TypeError, ValueError) as e:
+            raise _Corrupt(f"bad mask in {path.with_suffix('.json')}: {e}") from e
+        image = resize_center_crop(np.ascontiguousarray(img), self.size)
+        if anns:
+            masks = resize_center_crop(masks, self.size, nearest=True)
+        else:
+            masks = np.zeros((self.size, self.size, 0), np.uint8)
+        return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()).float() / 255.0,
+                "masks": torch.from_numpy(masks.transpose(2, 0, 1).copy()).bool(),
+                "name": path.stem}
+
+
+def collate_sa1b(batch: list[dict], pad_to: int | None = None) -> dict:
+    """Stack SA-1B items, padding the masks.
+
+    Returns:
+        ``image`` float (B, 3, S, S); ``masks`` bool (B, M, S, S) with M = ``pad_to`` or the largest
+        count in the batch, padded with False; ``valid`` bool (B, M), True for real masks;
+        ``names`` list of B strings.
+    """
+    import torch
+
+    if not batch:
+        raise ValueError("collate_sa1b needs a non-empty batch")
+    m = max(int(b["masks"].shape[0]) for b in batch)
+    if pad_to is not None:
+        if pad_to < m:
+            raise ValueError(f"pad_to={pad_to} is smaller than a sample's mask count {m}")
+        m = pad_to
+    s = batch[0]["image"].shape[-2:]
+    masks = torch.zeros((len(batch), m, *s), dtype=torch.bool)
+    valid = torch.zeros((len(batch), m), dtype=torch.bool)
+    for i, b in enumerate(batch):
+        k = int(b["masks"].shape[0])
+        masks[i, :k] = b["masks"]
+        valid[i, :k] = True
+    return {"image": torch.stack([b["image"] for b in batch]), "masks": masks, "valid": valid,
+            "names": [b["name"] for b in batch]}
+
+
+def to_reference_padding(masks, valid):
+    """LoftUp's form: float masks (B, M, S, S) in {0, 1}, padding masks filled with -1."""
+    import torch
+
+    return torch.where(valid[:, :, None, None], masks.float(), torch.full_like(masks, -1.0,
+                                                                                  dtype=torch.float))
+
+
+class ImageFolderDataset(_SkippingDataset):
+    """Plain image folder (COCO ``train2017``-style) for LiFT / FeatUp training.
+
+    Args:
+        root: folder of images (``.jpg/.jpeg/.png``; ``recursive=True`` walks sub-folders).
+        size: output side S (shorter side -> S, centre crop).
+        num_images: first N of the sorted listing (None = all).
+
+    Item: ``dict(image=float32 (3, S, S) RGB in [0, 1], name=str)``; corrupt files are skipped with
+    a warning and counted in ``num_skipped``.
+    """
+
+    name = "ImageFolder"
+
+    def __init__(self, root, size: int, num_images: int | None = None, recursive: bool = False):
+        from pathlib import Path
+
+        super().__init__()
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+        exts = (".jpg", ".jpeg", ".png")
+        if recursive:
+            paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        else:
+            paths = _find_images(root, exts)
+        if not paths:
+            raise FileNotFoundError(f"no .jpg/.jpeg/.png images in {root}")
+        self.paths = paths[: int(num_images)] if num_images is not None else paths
+        self.root, self.size = root, int(size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _key(self, i: int) -> str:
+        return str(self.paths[i].relative_to(self.root))
+
+    def _drop(self, indices) -> None:
+        bad = set(indices)
+        self.paths = [p for k, p in enumerate(self.paths) if k not in bad]
+
+    def _load(self, i: int) -> dict:
+        import torch
+
+        img = resize_center_crop(np.ascontiguousarray(_read_rgb(self.paths[i])), self.size)
+        return {"image": torch.from_numpy(img.transpose(2, 0, 1).copy()).float() / 255.0,
+                "name": self.paths[i].stem}
+
+
+# ----------------------------------------------------------------------------- fetching a subset
+
+def parse_links(path) -> list[tuple[str, str]]:
+    """Parse the SA-1B links file from Meta's download page.
+
+    Accepts a TSV with a header ``file_name<TAB>cdn_link`` (what the page is believed to give) or
+    one URL per line (file name = last path component of the URL, query string dropped). Blank
+    lines and ``#`` comments are ignored.
+
+    Returns:
+        ``[(file_name, url), ...]`` in file order.
+    """
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SA-1B links file not found: {path} (get it by accepting the "
+                                "licence at https://ai.meta.com/datasets/segment-anything-downloads/)")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise ValueError(f"SA-1B links file {path} is empty")
+    out = []
+    header = [c.strip().lower() for c in lines[0].split("\t")]
+    if "file_name" in header and "cdn_link" in header:
+        i_name, i_url = header.index("file_name"), header.index("cdn_link")
+        for n, ln in enumerate(lines[1:], start=2):
+            cols = ln.split("\t")
+            if len(cols) <= max(i_name, i_url):
+                raise ValueError(f"{path} line {n}: expected file_name<TAB>cdn_link, got {ln!r:.80}")
+            out.append((cols[i_name].strip(), cols[i_url].strip()))
+    else:
+        for n, ln in enumerate(lines, start=1):
+            u = urlparse(ln)
+            name = unquote(Path(u.path).name)
+            if not u.scheme or not name:
+                raise ValueError(f"{path} line {n}: not a URL and no 'file_name\\tcdn_link' "
+                                 f"header: {ln!r:.80}")
+            out.append((name, ln))
+    for name, _ in out:
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ValueError(f"{path}: unsafe shard file name {name!r}")
+    return out
+
+
+def _pairs_in_tar(tf) -> list[tuple[str, object, object]]:
+    """(stem, jpg member, json member) for every image with both files, in archive order."""
+    import posixpath
+
+    jpg, js, order = {}, {}, []
+    for m in tf.getmembers():
+        if not m.isfile():
+            continue
+        base = posixpath.basename(m.name)
+        stem, ext = posixpath.splitext(base)
+        if not stem.startswith("sa_"):
+            continue
+        if ext.lower() == ".jpg":
+            jpg[stem] = m
+            order.append(stem)
+        elif ext.lower() == ".json":
+            js[stem] = m
+    return [(s, jpg[s], js[s]) for s in order if s in js]
+
+
+def count_images(folder) -> int:
+    """Complete SA-1B pairs (``sa_*.jpg`` with its ``.json``) in ``folder``."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.glob("sa_*.jpg") if p.with_suffix(".json").is_file())
+
+
+def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
+               progress: bool = True) -> int:
+    """Download SA-1B shards in links-file order until ``num_images`` images are extracted.
+
+    Each shard is downloaded resumably to ``<root>/_downloads/<file_name>`` (sha256 recorded on
+    first use under ``SA1B/<file_name>``), then only its first images (with their JSON) are
+    written to ``<root>/sa1b/`` -- each file atomically, so an interruption never leaves a
+    half-written image. Reruns skip what is there. Shards are deleted after extraction unless
+    ``keep_shards``.
+
+    Args:
+        links: path of the links file (see :func:`parse_links`).
+        root: destination root (``SA1BDataset(root, ...)`` reads it).
+        num_images: how many images to have in ``<root>/sa1b`` in the end.
+
+    Returns:
+        The number of complete images now in ``<root>/sa1b``.
+    """
+    import os
+    import tarfile
+    from pathlib import Path
+
+    from probe_lib.data.download import DownloadError, download_file
+
+    if int(num_images) < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    root = Path(root)
+    out_dir = root / "sa1b"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = parse_links(links)
+    have = count_images(out_dir)
+    for name, url in shards:
+        if have >= num_images:
+            break
+        archive = root / "_downloads" / name
+        try:
+            download_file(url, archive, key=f"SA1B/{name}", progress=progress)
+        except (OSError, DownloadError) as e:
+            raise DownloadError(
+                f"could not download SA-1B shard {name} from {url}: {e}. The CDN links expire: "
+                "get a fresh links file from https://ai.meta.com/datasets/segment-anything-"
+                "downloads/ and rerun (finished images and partial downloads are kept).") from e
+        with tarfile.open(archive) as tf:
+            for stem, mj, mn in _pairs_in_tar(tf):
+                if have >= num_images:
+                    break
+                if (out_dir / f"{stem}.jpg").is_file() and (out_dir / f"{stem}.json").is_file():
+                    continue
+                for member, ext in ((mn, ".json"), (mj, ".jpg")):  # the JPEG last: it marks done
+                    dest = out_dir / f"{stem}{ext}"
+                    tmp = dest.with_name(f".{dest.name}.tmp")
+                    with tf.extractfile(member) as src, open(tmp, "wb") as f:
+                        while block := src.read(1 << 20):
+                            f.write(block)
+                    os.replace(tmp, dest)
+                have += 1
+        if not keep_shards:
+            archive.unlink()
+    if have < num_images:
+        print(f"only {have} images available from {len(shards)} shard(s) (asked for {num_images})")
+    return have
