@@ -40,6 +40,8 @@ MASK_RGB = (30, 144, 255)
 CONTOUR_RGB = (255, 230, 0)
 _STEM_RE = re.compile(r"^(?P<up>[a-z0-9_]+)-(?P<inj>early|late_lowres|late_highres|none)"
                       r"-(?P<preset>[a-z0-9_]+)$")
+# also matches tiny stand-ins, "<upsampler>-<injection>-tiny-<preset>"
+_NAME_RE = re.compile(r"^(?P<up>[a-z0-9_]+)-(?P<inj>early|late_lowres|late_highres|none)(?:-|$)")
 
 
 @dataclass
@@ -82,7 +84,7 @@ def sample_photos() -> dict[str, ImageChoice]:
 
 def synthetic_choices(num: int = 6, split: str = "val") -> dict[str, ImageChoice]:
     """The first ``num`` instances of the synthetic set (with ground truth), made if missing."""
-    from probe_lib.data import get_dataset
+    from probe_lib.data.is_datasets import get_dataset
     from probe_lib.data.synthetic import ensure_synthetic
 
     ensure_synthetic()
@@ -364,7 +366,7 @@ class ClickExplorer:
             pred = src
         else:
             path = Path(src)
-            m = _STEM_RE.match(path.stem)
+            m = _NAME_RE.match(path.stem)
             pred = ClickPredictor.from_checkpoint(
                 path, upsampler=m["up"] if m else None, injection=m["inj"] if m else None,
                 name=label)
@@ -542,3 +544,41 @@ class ClickExplorer:
             panel.probs, panel.mask, panel.iou = None, None, None
             self._redraw(panel)
         self.show_message("reset: no clicks")
+
+
+def run_scripted_clicks(explorer: ClickExplorer, num_clicks: int) -> list[dict[str, Any]]:
+    """Click like the benchmark's clicker (SPEC §5.2) on the current image's ground truth.
+
+    Each click goes where ``probe_lib.clicks.next_click`` puts it for panel A's current mask
+    (the first click at the object's most interior point), through :meth:`ClickExplorer.click`,
+    i.e. exactly the path a mouse click takes. Returns one record per click: position, sign, and
+    per panel the IoU, the mask size, the latency and how much the probability map changed.
+    Raises a ``ValueError`` when the current image has no ground truth.
+    """
+    from probe_lib.clicks import next_click
+
+    if explorer.current is None or explorer.current.gt is None:
+        raise ValueError("scripted clicks need an image with ground truth (e.g. a synthetic one)")
+    gt = explorer.current.gt
+    not_clicked = np.ones(gt.shape, bool)
+    records = []
+    for k in range(num_clicks):
+        lead = explorer.active_panels[0]
+        mask = lead.mask if lead.mask is not None else np.zeros(gt.shape, bool)
+        before = {p.predictor.name: (np.zeros(gt.shape, np.float32) if p.probs is None
+                                     else p.probs.copy()) for p in explorer.active_panels}
+        positive, (row, col) = next_click(gt, mask, not_clicked=not_clicked)
+        not_clicked[row, col] = False
+        if explorer.click(row, col, positive) is None:
+            raise RuntimeError(f"scripted click {k + 1} failed: {explorer.last_error}")
+        rec = {"click": k + 1, "row": int(row), "col": int(col), "positive": bool(positive),
+               "panels": {}}
+        for p in explorer.active_panels:
+            name = p.predictor.name
+            rec["panels"][name] = {
+                "iou": p.iou, "mask_pixels": int(p.mask.sum()),
+                "latency_s": p.predictor.last_latency_s,
+                "prob_change": float(np.abs(p.probs - before[name]).max()),
+            }
+        records.append(rec)
+    return records

@@ -346,3 +346,39 @@ class ClickPredictor:
     def latencies_s(self) -> list[float]:
         """Seconds per ``predict`` call since the last reset, oldest first."""
         return [r.latency_s for r in self.history]
+
+
+def ensure_probe_checkpoint(cfg: Any, upsampler: str, injection: str = "late_highres", *,
+                            num_images: int = 48, epochs: int = 2,
+                            progress: bool = True) -> tuple[Path, bool]:
+    """Path of a probe checkpoint for ``upsampler``/``injection`` at ``cfg.preset``.
+
+    Uses ``checkpoint_path("probe", f"{upsampler}-{injection}", preset)`` (written by notebook 09
+    and the small sweep) when it exists. Otherwise trains a *tiny* stand-in with
+    ``probe_lib.train.train_probe`` (``num_images`` x ``epochs``, the preset's recipe otherwise,
+    patch-embedding click encoder) under a separate name, ``<upsampler>-<injection>-tiny``, so it
+    never masquerades as, or collides with, the sweep's probe; a banner says so.
+
+    Returns ``(path, trained_here)``; ``trained_here`` is True for the tiny stand-in.
+    """
+    from probe_lib.config import Config
+    from probe_lib.utils import banner, checkpoint_path
+
+    path = checkpoint_path("probe", f"{upsampler}-{injection}", cfg.preset)
+    if path.is_file():
+        return path, False
+    tiny = checkpoint_path("probe", f"{upsampler}-{injection}-tiny", cfg.preset)
+    if not tiny.is_file():
+        banner(f"No trained probe at {path.name}: training a TINY stand-in ({num_images} images x "
+               f"{epochs} epochs)\nfor the click explorer -> {tiny.name}. Its masks are rough; run "
+               "`make small` (or notebook 09)\nfor the real small probes.")
+        d = cfg.to_dict()
+        d["upsampler"]["name"] = upsampler
+        d["probe"]["injection"] = injection
+        d["probe"]["click_encoder"] = "patch_embed"
+        d["train"].update(num_images=int(num_images), epochs=int(epochs),
+                          lr_milestones=[int(epochs)], val_samples=min(8, d["train"]["val_samples"]))
+        from probe_lib.train import train_probe
+
+        train_probe(Config.from_dict(d), out_path=tiny, progress=progress)
+    return tiny, True
