@@ -252,3 +252,13 @@ def test_sbd_weights_through_manifest(tmp_path):
                                       "convert": "sbd_weights"}]}}
     target = dl.fetch_dataset("sbd_weights", tmp_path / "data", manifest=man, progress=False)
     assert len(load_sample_weights(target / "sbd_samples_weights.json")) == 3
+
+
+def test_sbd_weights_default_location(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBE_LIB_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="download.py sbd_weights"):
+        load_sample_weights()
+    pkl = tmp_path / "w.pkl"
+    pkl.write_bytes(pickle.dumps(RECORDS))
+    convert_weights_pickle(pkl, tmp_path / "SBD" / "sbd_samples_weights.json")
+    assert load_sample_records() == RECORDS

@@ -117,9 +117,21 @@ def convert_weights_pickle(pkl_path: str | os.PathLike, json_path: str | os.Path
                               "by probe_lib.data.sbd_weights", "records": records}, json_path)
 
 
-def load_sample_records(json_path: str | os.PathLike) -> list[tuple[int, str, float]]:
-    """The ``(index, image_name, score)`` records of a converted weights JSON."""
-    json_path = Path(json_path)
+def default_weights_path() -> Path:
+    """Where ``data_scripts/download.py sbd_weights`` puts the JSON: ``data_root()/SBD/...``."""
+    from probe_lib.utils import data_root
+
+    return data_root() / "SBD" / "sbd_samples_weights.json"
+
+
+def load_sample_records(json_path: str | os.PathLike | None = None
+                        ) -> list[tuple[int, str, float]]:
+    """The ``(index, image_name, score)`` records of a converted weights JSON.
+
+    Args:
+        json_path: default :func:`default_weights_path`.
+    """
+    json_path = Path(json_path) if json_path is not None else default_weights_path()
     if not json_path.is_file():
         raise FileNotFoundError(f"SBD sampling weights not found: {json_path} (get them with "
                                 "`python data_scripts/download.py sbd_weights`)")
@@ -128,8 +140,11 @@ def load_sample_records(json_path: str | os.PathLike) -> list[tuple[int, str, fl
     return [tuple(r) for r in _validate_records(recs, json_path)]
 
 
-def load_sample_weights(json_path: str | os.PathLike, gamma: float = SCORE_GAMMA) -> list[float]:
+def load_sample_weights(json_path: str | os.PathLike | None = None,
+                        gamma: float = SCORE_GAMMA) -> list[float]:
     """Sampling probabilities per training image, indexed like SBD ``train.txt``.
+
+    (Use :func:`load_sample_records` to align by image name instead, e.g. for a subset.)
 
     ``p[index] = (1 - score) ** gamma / sum``. RITM keeps them in score-sorted order with a
     separate index list; indexing by ``train.txt`` position gives the same distribution.
