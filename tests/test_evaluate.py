@@ -285,3 +285,26 @@ def test_checkpoint_config_mismatch():
     with pytest.raises(ValueError, match="backbone.name"):
         check_probe_matches_config(make_config("small", backbone__name="test_tiny",
                                                upsampler__name="loftup"), cfg)
+
+
+# ------------------------------------------------------------------ with the real probe
+@pytest.mark.parametrize("injection", ["early", "late_highres"])
+def test_real_probe_reuse_is_exact(injection):
+    """A tiny random ISProbe: reusing features gives the same IoU curves, fewer feature passes."""
+    from probe_lib.backbones import create_backbone
+    from probe_lib.model import build_probe
+
+    torch.manual_seed(0)
+    cfg = make_config("small", backbone__name="test_tiny", backbone__weights="random",
+                      upsampler__name="bilinear", injection=injection, probe__image_size=28)
+    probe = build_probe(cfg, backbone=create_backbone("test_tiny", weights="random")).eval()
+    img = _image(40, 36)
+    ds = FakeDataset([(0, img, _square_gt(40, 36, 5, 30, 4, 20)),
+                      (0, img, _square_gt(40, 36, 10, 20, 22, 34))])
+    kw = {"protocol": "isegprobe_fixed224", "max_clicks": 3, "flip": True, "target_size": 28,
+          "progress": False}
+    a = evaluate_dataset(probe, ds, reuse_features=True, **kw)
+    b = evaluate_dataset(probe, ds, reuse_features=False, **kw)
+    np.testing.assert_array_equal(a.ious, b.ious)
+    assert [c for c in a.clicks] == [c for c in b.clicks]
+    assert b.num_encodes == 6 and a.num_encodes < 6  # shared first-click region of the image
