@@ -64,7 +64,7 @@ def test_layouts_agree(syn):
         seg = load_sbd_mat(sbd / "inst" / f"{stem}.mat")
         assert np.array_equal(seg, ref[stem].instances)
         img = read_image(sbd / "img" / f"{stem}.jpg")
-        assert np.abs(img.astype(int) - ref[stem].image).mean() < 4  # JPEG quality 95
+        assert np.abs(img.astype(int) - ref[stem].image).mean() < 3.5  # JPEG quality 95, 4:4:4
     # DAVIS: val images only, one file per instance, exact masks
     davis = get_dataset("synthetic", "val", root=syn)
     assert len(davis) == sum(int(ref[s].instances.max()) for s in val)
