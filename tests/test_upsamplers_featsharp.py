@@ -298,6 +298,8 @@ def test_bad_input(bb):
         create_upsampler("featsharp", dim=256, backbone=bb)
     with pytest.raises(NotImplementedError, match="tile_clicks"):
         create_upsampler("featsharp", backbone=bb, tile_clicks=True)
+    with pytest.raises(ValueError, match="no official pretrained"):
+        create_upsampler("featsharp", backbone=bb, weights="pretrained")
     with pytest.raises(ValueError, match="factor"):
         create_upsampler("featsharp", backbone=bb, factor=1)
     m = _make(bb)
