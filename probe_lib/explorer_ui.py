@@ -190,6 +190,7 @@ class Panel:
         from ipyevents import Event
 
         self.slot = slot
+        self.label: str | None = None
         self.predictor: ClickPredictor | None = None
         self.probs: np.ndarray | None = None
         self.mask: np.ndarray | None = None
@@ -207,7 +208,12 @@ class Panel:
         self.events = Event(source=self.canvas, watched_events=["mousedown", "contextmenu"],
                             prevent_default_action=True)
         self.events.on_dom_event(explorer.handle_event)
-        self.box = W.VBox([self.title, W.HBox([self.canvas, self.prob_canvas]), self.stats])
+        self.prob_title = W.HTML("<small>probability</small>")
+        self.stats.layout.width = "150px"
+        side = W.VBox([self.prob_title, self.prob_canvas, self.stats],
+                      layout=W.Layout(margin="0 0 0 6px"))
+        self.box = W.VBox([self.title, W.HBox([self.canvas, side])],
+                          layout=W.Layout(margin="0 16px 0 0"))
 
     def show(self, visible: bool) -> None:
         self.box.layout.display = None if visible else "none"
@@ -297,7 +303,7 @@ class ClickExplorer:
             self.show_message("click on the image to start")
 
     def _set_value(self, dropdown, value) -> None:
-        if dropdown.value != value:
+        if dropdown.value != value and value in dropdown.options:
             self._syncing = True
             try:
                 dropdown.value = value
@@ -329,24 +335,24 @@ class ClickExplorer:
             return
         hw = self._display_hw()
         panel.frame = render_overlay(self.current.image, panel.mask, self.clicks, hw)
-        panel.prob_frame = render_probs(panel.probs, hw)
+        panel.prob_frame = render_probs(panel.probs, (max(1, hw[0] // 2), max(1, hw[1] // 2)))
         panel.drawn_clicks = list(self.clicks)
         panel.put(panel.canvas, panel.frame)
         panel.put(panel.prob_canvas, panel.prob_frame)
         pred = panel.predictor
-        panel.title.value = f"<b>{html.escape(pred.name)}</b>"
+        panel.title.value = f"<b>{html.escape(panel.label or pred.name)}</b>"
         parts = [f"clicks: {len(self.clicks)}"]
         if self.current.gt is not None:
-            parts.append("IoU: —" if panel.iou is None else f"IoU: {panel.iou:.3f}")
+            parts.append("<b>IoU: —</b>" if panel.iou is None else f"<b>IoU: {panel.iou:.3f}</b>")
         if pred.last_latency_s is not None and self.clicks:
-            what = {"late_highres": "click encoder + head (features cached)",
-                    "late_lowres": "click encoder + upsampler + head",
+            what = {"late_highres": "encoder + head; features cached",
+                    "late_lowres": "encoder + upsampler + head",
                     "early": "backbone + upsampler + head"}.get(pred.injection or "", "")
             parts.append(f"last click: {pred.last_latency_s * 1000:.0f} ms"
-                         + (f" <small>({what})</small>" if what else ""))
+                         + (f"<br><small>({what})</small>" if what else ""))
         if pred.encode_latency_s is not None:
-            parts.append(f"image features: {pred.encode_latency_s * 1000:.0f} ms")
-        panel.stats.value = " · ".join(parts)
+            parts.append(f"<small>image features: {pred.encode_latency_s * 1000:.0f} ms</small>")
+        panel.stats.value = "<br>".join(parts)
 
     def _predict(self, panel: Panel) -> None:
         panel.probs, panel.mask = panel.predictor.predict()
@@ -375,19 +381,20 @@ class ClickExplorer:
 
     def _set_probe(self, slot: int, label: str | None) -> None:
         panel = self.panels[slot]
-        panel.predictor, panel.probs, panel.mask, panel.iou = None, None, None, None
-        panel.show(False)
-        if label in (None, NONE_LABEL):
-            return
-        pred = self._load(label)
-        panel.predictor = pred
-        panel.show(True)
-        if self.current is not None:
+        # load first: a bad checkpoint must leave the panel as it was
+        pred = None if label in (None, NONE_LABEL) else self._load(label)
+        if pred is not None and self.current is not None:
             pred.set_image(self.current.image)
             # replay the clicks one by one so the previous-mask chain is the one a live user gets
-            for r, c, pos in self.clicks:
+            for k, (r, c, pos) in enumerate(self.clicks):
                 pred.add_click(r, c, pos)
-                self._predict(panel)
+                if k < len(self.clicks) - 1:
+                    pred.predict()
+        panel.predictor, panel.label = pred, (label if pred is not None else None)
+        panel.probs = panel.mask = panel.iou = None
+        panel.show(pred is not None)
+        if pred is not None and self.current is not None and self.clicks:
+            self._predict(panel)
         self._redraw(panel)
 
     def _on_probe_dd(self, slot: int, change: dict) -> None:
@@ -396,17 +403,20 @@ class ClickExplorer:
 
     @_guard
     def select_probe(self, slot: int, label: str | None) -> None:
-        """Show probe ``label`` in panel ``slot`` (0 or 1; ``None``/"(none)" hides panel 1)."""
+        """Show probe ``label`` in panel ``slot`` (0 or 1; ``None``/"(none)" hides panel 1).
+
+        A checkpoint that cannot be used (missing, corrupt, another upsampler than its name says)
+        leaves the panel as it was and shows the error.
+        """
         if slot not in (0, 1):
             raise ValueError(f"slot must be 0 or 1, got {slot!r}")
         if slot == 0 and label in (None, NONE_LABEL):
+            self._set_value(self.probe_dd[0], self.panels[0].label)
             raise ValueError("panel A always shows a probe; choose one")
         try:
             self._set_probe(slot, label)
         except Exception:
-            if slot == 1:  # keep the UI usable with panel A alone
-                self.panels[1].predictor = None
-                self.panels[1].show(False)
+            self._set_value(self.probe_dd[slot], self.panels[slot].label or NONE_LABEL)
             raise
         self._set_value(self.probe_dd[slot], label or NONE_LABEL)
         self.show_message(f"panel {'AB'[slot]}: {label}")

@@ -6,6 +6,7 @@ around negative clicks), so every expectation can be worked out by hand; one tes
 ``probe_lib.model`` probe saved and loaded from a checkpoint.
 """
 
+import html
 import io
 
 import numpy as np
@@ -233,3 +234,84 @@ def test_explorer_switching_images_and_probes(explorer):
     assert b.predictor is not None and b.mask is not None and b.mask[5, 5]
     explorer.select_probe(0, None)
     assert "always shows a probe" in explorer.message.value and a.predictor is not None
+
+
+def test_explorer_draws_probability_map(explorer):
+    a = explorer.panels[0]
+    assert a.prob_frame.shape == (40, 60, 3) and not a.prob_frame.any()  # half size, empty
+    explorer.click(20, 30)
+    # magma: high probability is bright; the clicked region is brighter than a far corner
+    assert a.prob_frame[20, 30].sum() > a.prob_frame[0, 0].sum() + 200
+
+
+def test_scripted_clicks_follow_the_eval_clicker(explorer):
+    from probe_lib.explorer_ui import run_scripted_clicks
+
+    records = run_scripted_clicks(explorer, 2)
+    # first click: the object's most interior point (gt square rows 10-29, cols 20-39)
+    assert records[0]["positive"] and (records[0]["row"], records[0]["col"]) in {
+        (r, c) for r in (19, 20) for c in (29, 30)}
+    assert all(p["prob_change"] > 0.5 for p in records[0]["panels"].values())
+    assert len(explorer.clicks) == 2 and explorer.panels[0].iou is not None
+    explorer.select_image("noise")
+    with pytest.raises(ValueError, match="ground truth"):
+        run_scripted_clicks(explorer, 1)
+
+
+# ---------------------------------------------------------------------------- real probe
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from probe_lib.model import build_probe, save_probe
+
+    cfg = make_config("small", backbone__name="test_tiny", backbone__weights="random",
+                      upsampler__name="bilinear", upsampler__weights="random",
+                      probe__injection="late_highres", probe__image_size=56)
+    torch.manual_seed(0)
+    probe = build_probe(cfg)
+    path = tmp_path_factory.mktemp("probe") / "bilinear-late_highres-small.pt"
+    save_probe(probe, path, cfg)
+    return path
+
+
+def test_real_probe_from_checkpoint_matches_uncached_forward(tiny_checkpoint):
+    from probe_lib.clicks import clicks_to_tensor
+
+    pred = ClickPredictor.from_checkpoint(tiny_checkpoint, upsampler="bilinear",
+                                          injection="late_highres")
+    assert pred.image_size == 56 and pred.injection == "late_highres"
+    img = _image(56, 56)  # same size as the input: no resize, so logits compare 1:1
+    pred.set_image(img)
+    pred.add_click(20, 30, True)
+    probs, mask = pred.predict()
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        logits = pred.probe(x, torch.zeros(1, 1, 56, 56), clicks_to_tensor([(20.0, 30.0, True)]))
+    np.testing.assert_allclose(probs, torch.sigmoid(logits)[0, 0].numpy(), atol=1e-5)
+    assert mask.dtype == bool and mask.shape == (56, 56)
+
+
+def test_checkpoint_mismatch_and_missing_file_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=r"upsampler 'bilinear', not the chosen 'loftup'"):
+        ClickPredictor.from_checkpoint(tiny_checkpoint, upsampler="loftup")
+    with pytest.raises(ValueError, match="injection"):
+        ClickPredictor.from_checkpoint(tiny_checkpoint, injection="early")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ClickPredictor.from_checkpoint(tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        ClickPredictor.from_checkpoint(junk)
+
+
+def test_explorer_reports_mismatched_checkpoint_in_the_ui(explorer, tiny_checkpoint, tmp_path):
+    import shutil
+
+    renamed = tmp_path / "loftup-late_highres-small.pt"  # a bilinear probe filed as LoftUp
+    shutil.copy(tiny_checkpoint, renamed)
+    explorer.probe_sources["loftup-late_highres (file)"] = renamed
+    before = explorer.panels[1].predictor
+    explorer.select_probe(1, "loftup-late_highres (file)")
+    assert "not the chosen 'loftup'" in html.unescape(explorer.message.value)
+    assert explorer.panels[1].predictor is before  # panel B unchanged, and still working
+    assert explorer.probe_dd[1].value == "loftup-late_highres"
+    assert explorer.click(20, 30) and explorer.panels[0].mask[20, 30]
