@@ -115,6 +115,14 @@ def test_idempotent_and_regenerates_on_new_params(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
+def test_never_replaces_a_foreign_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not a synthetic set"):
+        ensure_synthetic(tmp_path / "mine", num_images=4, size=64, progress=False)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
 def test_bad_parameters(tmp_path):
     with pytest.raises(ValueError, match="num_images"):
         ensure_synthetic(tmp_path / "x", num_images=1, size=64)

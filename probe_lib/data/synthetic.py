@@ -73,16 +73,20 @@ def _load_photo(kind: str, name: str) -> np.ndarray:
         import skimage.data
 
         img = getattr(skimage.data, name)()
-    elif kind == "sklearn":
-        from sklearn.datasets import load_sample_image
-
-        img = load_sample_image(name)
     else:
-        from matplotlib import cbook
+        # read the packaged files directly: importing sklearn.datasets / matplotlib.cbook costs
+        # seconds, the files are plain JPEGs (same pixels as load_sample_image/get_sample_data)
+        import importlib.util
+
         from PIL import Image
 
-        with cbook.get_sample_data(name) as f:
-            img = np.asarray(Image.open(f).convert("RGB"))
+        pkg = importlib.util.find_spec(kind)
+        if pkg is None or not pkg.submodule_search_locations:
+            raise FileNotFoundError(f"package {kind} is not installed")
+        base = Path(next(iter(pkg.submodule_search_locations)))
+        sub = ("datasets", "images") if kind == "sklearn" else ("mpl-data", "sample_data")
+        with Image.open(base.joinpath(*sub, name)) as im:
+            img = np.asarray(im.convert("RGB"))
     img = np.asarray(img)
     if img.dtype != np.uint8:
         img = (img > 0).astype(np.uint8) * 255 if img.dtype == bool else img.astype(np.uint8)
@@ -495,6 +499,10 @@ def ensure_synthetic(root: str | os.PathLike | None = None, num_images: int = 20
     man = read_manifest(root)
     if man is not None and man.get("params") == params:
         return root
+    if root.exists() and (not root.is_dir() or (man is None and any(root.iterdir()))):
+        # never delete a folder we did not write
+        raise ValueError(f"{root} exists and is not a synthetic set (no manifest.json); "
+                         "refusing to replace it -- pass another root or remove it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
