@@ -315,3 +315,30 @@ def test_explorer_reports_mismatched_checkpoint_in_the_ui(explorer, tiny_checkpo
     assert explorer.panels[1].predictor is before  # panel B unchanged, and still working
     assert explorer.probe_dd[1].value == "loftup-late_highres"
     assert explorer.click(20, 30) and explorer.panels[0].mask[20, 30]
+
+
+def test_ensure_probe_checkpoint_prefers_the_real_probe(monkeypatch, tmp_path):
+    from probe_lib.interactive import ensure_probe_checkpoint
+    from probe_lib.utils import checkpoint_path
+
+    monkeypatch.setenv("PROBE_LIB_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_train(cfg, out_path=None, progress=True):
+        calls.append(cfg)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_bytes(b"tiny")
+        return {}
+
+    monkeypatch.setattr("probe_lib.train.train_probe", fake_train)
+    cfg = make_config("small")
+    path, trained = ensure_probe_checkpoint(cfg, "loftup", num_images=8, epochs=1,
+                                            progress=False)
+    assert trained and path == checkpoint_path("probe", "loftup-late_highres-tiny", "small")
+    (tiny_cfg,) = calls
+    assert (tiny_cfg.upsampler.name, tiny_cfg.probe.injection, tiny_cfg.train.num_images,
+            tiny_cfg.train.epochs) == ("loftup", "late_highres", 8, 1)
+    assert ensure_probe_checkpoint(cfg, "loftup")[0] == path and len(calls) == 1  # reused
+    real = checkpoint_path("probe", "loftup-late_highres", "small")
+    real.write_bytes(b"real")
+    assert ensure_probe_checkpoint(cfg, "loftup") == (real, False) and len(calls) == 1
