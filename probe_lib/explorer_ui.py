@@ -70,8 +70,8 @@ def sample_photos() -> dict[str, ImageChoice]:
         ("photo: chelsea the cat (skimage)", "chelsea",
          "Chelsea the cat by Stefan van der Walt, via scikit-image `data.chelsea` (CC0)"),
         ("photo: coffee (skimage)", "coffee",
-         "Coffee cup by Rachel Michetti (courtesy of Pikolo Espresso Bar), via scikit-image "
-         "`data.coffee` (CC0)"),
+         ("Coffee cup by Rachel Michetti (courtesy of Pikolo Espresso Bar), via scikit-image "
+         "`data.coffee` (CC0)")),
     ]
     for label, fn, credit in specs:
         try:
