@@ -461,6 +461,7 @@ class ClickExplorer:
             return
         f = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
         self.upload(bytes(f["content"]), f.get("name", "upload"))
+        self.upload_btn.value = ()  # so that the same file can be chosen again
 
     @_guard
     def upload(self, content: bytes, name: str = "upload") -> None:

@@ -95,6 +95,10 @@ def _start_lab(root: Path, port: int, log) -> subprocess.Popen:
     tracker = root.parent / "settings" / "@jupyterlab" / "notebook-extension"
     tracker.mkdir(parents=True, exist_ok=True)
     (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    notes = root.parent / "settings" / "@jupyterlab" / "apputils-extension"
+    notes.mkdir(parents=True, exist_ok=True)  # no "get Jupyter news?" toast over the page
+    (notes / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
            "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
            f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={TOKEN}",

@@ -7,7 +7,6 @@ around negative clicks), so every expectation can be worked out by hand; one tes
 """
 
 import html
-import io
 
 import numpy as np
 import pytest
@@ -213,8 +212,10 @@ def test_explorer_upload_rgba_odd_size(explorer):
     rgba = _image(33, 47, channels=4, seed=3)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
     assert ok
-    explorer.upload(io.BytesIO(buf.tobytes()).getvalue(), "odd.png")
+    # the FileUpload widget's own change event (ipywidgets 8: a tuple of dicts, memoryview content)
+    explorer._on_upload({"new": ({"name": "odd.png", "content": memoryview(buf.tobytes())},)})
     assert explorer.last_error is None, explorer.message.value
+    assert explorer.upload_btn.value == ()
     assert explorer.current.image.shape == (33, 47, 3)
     np.testing.assert_array_equal(explorer.current.image, rgba[..., :3])
     assert explorer.image_dd.value == "upload: odd.png"
