@@ -29,11 +29,10 @@ from .base import (
     weights_dir,
 )
 
-# from . import lift
-# from . import featup
+from . import featup, lift  # noqa: F401,E402  (lift; featup_jbu, featup_implicit)
 
-from . import featsharp, loftup  # noqa: F401,E402
 # ---- helper C2: add `from . import loftup, featsharp` on the line below ----
+from . import featsharp, loftup  # noqa: F401,E402
 
 # ---- end of C2's imports ----
 
