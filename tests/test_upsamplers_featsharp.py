@@ -208,6 +208,15 @@ def test_forward_shapes_spaces_and_batched_path(bb):
         assert m.forward_train(torch.rand(1, 3, 56, 56)).shape == (1, 384, 4, 4)
 
 
+def test_factor_four_non_square(bb):
+    m = _make(bb, featsharp_factor=4)
+    img = torch.rand(1, 3, 28, 56)
+    with torch.no_grad():
+        out = m(bb(img), img, output_size="native")
+    assert out.shape == (1, 384, 8, 16) and torch.isfinite(out).all()
+    assert [st.factor for st in m.jbu] == [2, 2]
+
+
 def test_bias_buffer_is_added_to_every_backbone_output(bb):
     m = _make(bb)
     img = torch.rand(1, 3, 42, 42)
