@@ -220,3 +220,36 @@ def test_fetch_sa1b_first_n_from_file_urls(tmp_path, monkeypatch):
     gone.write_text(f"{(tmp_path / 'nope.tar').as_uri()}\n")
     with pytest.raises(Exception, match="expire"):
         fetch_sa1b(gone, tmp_path / "other", 1, progress=False)
+
+
+def test_rle_counts_and_sampled_decoding_match_pycocotools():
+    from probe_lib.data.sa1b import decode_rle_at, rle_counts
+
+    for mask, runs, counts in HAND:
+        assert rle_counts({"size": list(mask.shape), "counts": counts})[2].tolist() == runs
+    rng = np.random.default_rng(3)
+    for h, w in ((57, 91), (200, 31), (1, 1)):
+        # blocky random masks give long runs, so multi-group and negative deltas both occur
+        m = cv2.resize((rng.random((6, 5)) > 0.5).astype(np.uint8), (w, h),
+                       interpolation=cv2.INTER_NEAREST).astype(bool)
+        m[rng.integers(0, h), rng.integers(0, w)] ^= True
+        rle = encode_rle(m)
+        rows = np.sort(rng.integers(0, h, 17))
+        cols = np.sort(rng.integers(0, w, 13))
+        assert np.array_equal(decode_rle_at(rle, rows, cols), m[rows][:, cols])
+        assert np.array_equal(decode_rle_at(rle, np.arange(h), np.arange(w)), decode_rle(rle))
+    with pytest.raises(ValueError, match="outside"):
+        decode_rle_at(encode_rle(np.ones((2, 2), bool)), np.array([2]), np.array([0]))
+
+
+def test_sa1b_mask_of_wrong_size_is_skipped(tmp_path):
+    d = tmp_path / "sa1b"
+    _write_sa1b(d, "sa_1", n_masks=1)
+    _write_sa1b(d, "sa_2", n_masks=1)
+    rec = json.loads((d / "sa_1.json").read_text())
+    rec["annotations"][0]["segmentation"] = encode_rle(np.ones((10, 10), bool))
+    (d / "sa_1.json").write_text(json.dumps(rec))
+    ds = SA1BDataset(tmp_path, 32)
+    with pytest.warns(UserWarning, match=r"sa_1\.json"):
+        assert ds[0]["name"] == "sa_2"
+    assert ds.num_skipped == 1
