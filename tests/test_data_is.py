@@ -180,6 +180,8 @@ def test_missing_or_empty_data_dir(tmp_path):
         get_dataset("SBD", root=tmp_path / "nothing")
     with pytest.raises(ValueError, match="valid names"):
         get_dataset("ImageNet")
+    with pytest.raises(FileNotFoundError, match="make_synthetic.py --root"):
+        get_dataset("synthetic", "train", root=tmp_path / "nothing")
     with pytest.raises(ValueError, match="single evaluation split"):
         get_dataset("DAVIS", split="train", root=tmp_path)
 

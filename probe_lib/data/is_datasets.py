@@ -450,6 +450,10 @@ def _synthetic_root(root: str | os.PathLike | None) -> Path:
     from probe_lib.data.synthetic import ensure_synthetic, read_manifest
 
     if root is not None:
+        if read_manifest(root) is None:
+            raise FileNotFoundError(
+                f"no synthetic set at {root} (no manifest.json). Create it with `python "
+                f"data_scripts/make_synthetic.py --root {root}` or ensure_synthetic({str(root)!r})")
         return Path(root)
     r = data_root() / "synthetic"
     if read_manifest(r) is None:
@@ -486,13 +490,7 @@ def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = 
         if split in ("val", "test"):
             if kwargs:
                 raise ValueError(f"synthetic val takes no options, got {sorted(kwargs)}")
-            ds = DavisDataset.__new__(DavisDataset)
-            try:
-                DavisDataset.__init__(ds, r / "DAVIS", "synthetic")
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"{e} (synthetic: run `python data_scripts/"
-                                        "make_synthetic.py`)") from e
-            return ds
+            return DavisDataset(r / "DAVIS", "synthetic")
         raise ValueError(f"synthetic split must be 'train' or 'val', got {split!r}")
     r = Path(root) if root is not None else data_root() / key
     if key == "SBD":
