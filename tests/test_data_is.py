@@ -238,3 +238,23 @@ def test_pascal_voc_palette_and_reference_gray(tmp_path):
     assert np.array_equal(smp.ignore, idx == 255)
     assert sorted(np.unique(smp.objects).tolist()) == [0, 38, 75]
     assert np.array_equal(smp.objects == 38, idx == 1)
+
+
+def test_instance_list_cached_and_invalidated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBE_LIB_CACHE", str(tmp_path / "cache"))
+    seg = np.zeros((20, 24), np.uint8)
+    seg[2:10, 2:10] = 1
+    seg[12:18, 12:20] = 2
+    d = _write_sbd(tmp_path / "SBD", {"a": seg}, ["a"], ["a"])
+    assert get_dataset("SBD", root=tmp_path / "SBD").instances() == [(0, 1), (0, 2)]
+    assert len(list((tmp_path / "cache" / "datasets").glob("SBD-*.json"))) == 1
+    ds = get_dataset("SBD", root=tmp_path / "SBD")
+    monkeypatch.setattr(ds, "get_sample", lambda i: pytest.fail("should come from the cache"))
+    assert ds.instances() == [(0, 1), (0, 2)]
+    # a changed annotation file is rescanned
+    seg[12:18, 12:20] = 0
+    scipy.io.savemat(str(d / "inst" / "a.mat"), {"GTinst": {"Segmentation": seg}})
+    assert get_dataset("SBD", root=tmp_path / "SBD").instances() == [(0, 1)]
+    # the training filter is part of the key
+    thin = get_dataset("SBD", root=tmp_path / "SBD", min_area_ratio=0.99)
+    assert thin.instances() == [(0, 1)] and thin._options()["min_area_ratio"] == 0.99

@@ -19,6 +19,8 @@ decoded raises a ValueError naming it when it is read.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from probe_lib.utils import banner, data_root
+from probe_lib.utils import atomic_write_json, banner, cache_dir, data_root
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm")
 DATASETS = ("SBD", "GrabCut", "Berkeley", "DAVIS", "COCO_MVal", "PascalVOC", "synthetic")
@@ -133,9 +135,12 @@ class ISDataset:
         An instance with no pixel, or whose pixels are all ignored, is skipped and counted in
         ``num_skipped_instances`` (listed in ``skipped_instances``).
         """
-        if self._instances is None:
+        if self._instances is None and not self._load_instance_cache():
+            from tqdm.auto import tqdm
+
             inst, skipped = [], []
-            for i in range(len(self)):
+            for i in tqdm(range(len(self)), desc=f"{self.name}: listing instances",
+                          disable=len(self) < 200):
                 smp = self.get_sample(i)
                 for obj in self._object_ids(smp):
                     m = smp.objects == obj
@@ -146,10 +151,55 @@ class ISDataset:
             self._instances = inst
             self.skipped_instances = skipped
             self.num_skipped_instances = len(skipped)
+            self._save_instance_cache()
             if skipped:
                 warnings.warn(f"{self.name}: skipped {len(skipped)} empty or all-ignore "
                               "instance(s)", stacklevel=2)
         return list(self._instances)
+
+    # The instance list needs every mask read once (minutes for SBD val); it is cached in
+    # $PROBE_LIB_CACHE/datasets keyed by the annotation files' paths, sizes and mtimes.
+    def _annotation_files(self) -> list[Path]:
+        return []
+
+    def _options(self) -> dict:
+        return {}
+
+    def _instance_cache_file(self) -> Path | None:
+        files = self._annotation_files()
+        if not files:
+            return None
+        h = hashlib.sha1(repr((type(self).__name__, self.name, self._options())).encode())
+        try:
+            for f in files:
+                st = f.stat()
+                h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            return None  # a missing file: let the scan raise its clear error
+        return cache_dir() / "datasets" / f"{self.name}-{h.hexdigest()[:20]}.json"
+
+    def _load_instance_cache(self) -> bool:
+        path = self._instance_cache_file()
+        if path is None or not path.is_file():
+            return False
+        try:
+            data = json.loads(path.read_text())
+            inst = [(int(i), int(o)) for i, o in data["instances"]]
+            skipped = [(int(i), int(o)) for i, o in data["skipped"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        self._instances, self.skipped_instances = inst, skipped
+        self.num_skipped_instances = len(skipped)
+        return True
+
+    def _save_instance_cache(self) -> None:
+        path = self._instance_cache_file()
+        if path is not None:
+            try:
+                atomic_write_json({"instances": self._instances,
+                                   "skipped": self.skipped_instances}, path)
+            except OSError:  # a read-only cache only costs the rescan next time
+                pass
 
     def _object_ids(self, smp: ISSample) -> list[int]:
         ids = np.unique(smp.objects)
@@ -252,6 +302,12 @@ class SBDDataset(ISDataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def _annotation_files(self) -> list[Path]:
+        return [self.root / "inst" / f"{stem}.mat" for stem in self.names]
+
+    def _options(self) -> dict:
+        return {"split": self.split, "min_area_ratio": self.min_area_ratio}
+
     def _load(self, i: int) -> ISSample:
         stem = self.names[i]
         img_path = self.root / "img" / f"{stem}.jpg"
@@ -321,6 +377,9 @@ class _PairedFolderDataset(ISDataset):
 
     def __len__(self) -> int:
         return len(self.image_paths)
+
+    def _annotation_files(self) -> list[Path]:
+        return list(self.mask_paths)
 
     def _decode(self, raw: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -419,6 +478,12 @@ class PascalVOCDataset(ISDataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def _annotation_files(self) -> list[Path]:
+        return [self.root / "SegmentationObject" / f"{stem}.png" for stem in self.names]
+
+    def _options(self) -> dict:
+        return {"split": self.split, "mode": self.mode}
 
     def _load(self, i: int) -> ISSample:
         from PIL import Image
