@@ -262,3 +262,22 @@ def test_sbd_weights_default_location(tmp_path, monkeypatch):
     pkl.write_bytes(pickle.dumps(RECORDS))
     convert_weights_pickle(pkl, tmp_path / "SBD" / "sbd_samples_weights.json")
     assert load_sample_records() == RECORDS
+
+
+def _script(repo_root, name):
+    import runpy
+
+    return runpy.run_path(str(repo_root / "data_scripts" / name), run_name="data_script")["main"]
+
+
+def test_scripts_command_lines(tmp_path, repo_root, capsys, monkeypatch):
+    monkeypatch.setenv("PROBE_LIB_DATA", str(tmp_path / "data"))
+    assert _script(repo_root, "download.py")(["--list"]) == 0
+    assert "GrabCut" in capsys.readouterr().out
+    make = _script(repo_root, "make_synthetic.py")
+    assert make(["--root", str(tmp_path / "syn"), "--num-images", "3", "--size", "48"]) == 0
+    assert (tmp_path / "syn" / "SBD" / "dataset" / "train.txt").read_text().split() == [
+        "syn_000000", "syn_000001"]
+    get_sa1b = _script(repo_root, "get_sa1b.py")
+    assert get_sa1b(["--links", str(tmp_path / "missing.tsv"), "-n", "1"]) == 1
+    assert "links file not found" in capsys.readouterr().err
