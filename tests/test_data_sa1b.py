@@ -212,7 +212,9 @@ def test_fetch_sa1b_first_n_from_file_urls(tmp_path, monkeypatch):
     assert sorted(p.name for p in (root / "sa1b").iterdir()) == [
         "sa_1.jpg", "sa_1.json", "sa_2.jpg", "sa_2.json", "sa_3.jpg", "sa_3.json"]
     assert not list((root / "_downloads").glob("*.tar"))  # shards removed after extraction
+    assert json.loads((root / "shards_done.json").read_text()) == ["sa_000000.tar"]
     assert fetch_sa1b(links, root, 3, progress=False) == 3  # nothing to do
+    s0.unlink()  # a completed shard is never needed again
     assert fetch_sa1b(links, root, 4, keep_shards=True, progress=False) == 4
     assert (root / "_downloads" / "sa_000001.tar").exists()
     assert len(SA1BDataset(root, 32)) == 4

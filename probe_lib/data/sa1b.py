@@ -512,8 +512,9 @@ def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
     Each shard is downloaded resumably to ``<root>/_downloads/<file_name>`` (sha256 recorded on
     first use under ``SA1B/<file_name>``), then only its first images (with their JSON) are
     written to ``<root>/sa1b/`` -- each file atomically, so an interruption never leaves a
-    half-written image. Reruns skip what is there. Shards are deleted after extraction unless
-    ``keep_shards``.
+    half-written image. Reruns skip what is there; shards fully extracted are listed in
+    ``<root>/shards_done.json`` and never fetched again. Shards are deleted after extraction
+    unless ``keep_shards``.
 
     Args:
         links: path of the links file (see :func:`parse_links`).
@@ -523,11 +524,13 @@ def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
     Returns:
         The number of complete images now in ``<root>/sa1b``.
     """
+    import json
     import os
     import tarfile
     from pathlib import Path
 
     from probe_lib.data.download import DownloadError, download_file
+    from probe_lib.utils import atomic_write_json
 
     if int(num_images) < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -536,9 +539,17 @@ def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = parse_links(links)
     have = count_images(out_dir)
+    # shards whose every image is already extracted are never downloaded again
+    state_path = root / "shards_done.json"
+    try:
+        done = set(json.loads(state_path.read_text()))
+    except (OSError, ValueError):
+        done = set()
     for name, url in shards:
         if have >= num_images:
             break
+        if name in done:
+            continue
         archive = root / "_downloads" / name
         try:
             download_file(url, archive, key=f"SA1B/{name}", progress=progress)
@@ -548,9 +559,12 @@ def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
                 "get a fresh links file from https://ai.meta.com/datasets/segment-anything-"
                 "downloads/ and rerun (finished images and partial downloads are kept).") from e
         with tarfile.open(archive) as tf:
-            for stem, mj, mn in _pairs_in_tar(tf):
+            pairs = _pairs_in_tar(tf)
+            used = 0
+            for stem, mj, mn in pairs:
                 if have >= num_images:
                     break
+                used += 1
                 if (out_dir / f"{stem}.jpg").is_file() and (out_dir / f"{stem}.json").is_file():
                     continue
                 for member, ext in ((mn, ".json"), (mj, ".jpg")):  # the JPEG last: it marks done
@@ -561,6 +575,12 @@ def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
                             f.write(block)
                     os.replace(tmp, dest)
                 have += 1
+        if used == len(pairs):
+            done.add(name)
+            atomic_write_json(sorted(done), state_path)
+        elif not keep_shards:
+            print(f"note: {name} was only partly extracted; a later run asking for more images "
+                  "downloads it again (use --keep-shards to keep it)")
         if not keep_shards:
             archive.unlink()
     if have < num_images:

@@ -419,6 +419,11 @@ def _sa1b_record(sample: SyntheticImage, image_id: int, file_name: str) -> dict:
             "annotations": anns}
 
 
+def split_indices(num_images: int) -> tuple[list[int], list[int]]:
+    """Train and val image indices of a set of ``num_images`` (the last 20%, at least 1, are val)."""
+    return _split(num_images)
+
+
 def _split(num_images: int) -> tuple[list[int], list[int]]:
     n_val = max(1, round(0.2 * num_images)) if num_images >= 2 else 0
     n_train = num_images - n_val
