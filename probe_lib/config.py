@@ -141,7 +141,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "eval": {"max_clicks": 10, "flip": False, "target_size": 112, "num_instances": 20,
                  "datasets": ("synthetic",), "bootstrap": 200},
         "data": {"train_dataset": "synthetic"},
-        "upsampler": {"train_steps": 50, "train_image_size": 112, "train_num_images": 64,
+        "upsampler": {"train_steps": 30, "train_image_size": 112, "train_num_images": 64,
                       "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10,
                       "loftup_train_out_scale": 0.5},
     },
