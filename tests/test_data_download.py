@@ -65,6 +65,10 @@ def test_resume_from_part_file(tmp_path):
     part.write_bytes(data[:123_457])
     dl.download_file(src.as_uri(), tmp_path / "d.bin", progress=False)
     assert (tmp_path / "d.bin").read_bytes() == data
+    # a stale .part longer than the file starts over instead of failing forever
+    (tmp_path / "e.bin.part").write_bytes(data + b"extra")
+    dl.download_file(src.as_uri(), tmp_path / "e.bin", key="d.bin", progress=False)
+    assert (tmp_path / "e.bin").read_bytes() == data
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):

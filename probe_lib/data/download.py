@@ -150,7 +150,17 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.is_file() else 0
-    stream, total, resumed = _open(url, offset, timeout)
+    try:
+        stream, total, resumed = _open(url, offset, timeout)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not offset:  # 416: the .part is not a prefix we can extend
+            raise
+        part.unlink()
+        offset = 0
+        stream, total, resumed = _open(url, 0, timeout)
+    if resumed and total is not None and offset > total:  # a stale, longer .part: start over
+        stream.close()
+        stream, total, resumed = _open(url, 0, timeout)
     if not resumed:
         offset = 0
     try:
