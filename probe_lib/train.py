@@ -67,31 +67,31 @@ def _get_dataset(cfg, split: str):
     return get_dataset(name, split=split, root=root, **kwargs)
 
 
-def _sample_weights(ds, cfg) -> np.ndarray | None:
-    """RITM's SBD image weights, p ∝ (1 - score)^1.25, aligned with ``ds``; None = uniform."""
+def _sample_weights(ds, cfg, json_path: str | os.PathLike | None = None) -> np.ndarray | None:
+    """RITM's SBD image weights, p ∝ (1 - score)^1.25, aligned with ``ds`` by image name.
+
+    None (uniform sampling, with a message) when weighting is off, the dataset is not SBD, the
+    JSON file is absent or does not cover the dataset's images.
+    """
     if not cfg.train.weighted_sampling or cfg.data.train_dataset != "SBD":
         return None
-    try:
-        from probe_lib.data.sbd_weights import load_sample_weights
-    except ImportError:
+    from probe_lib.data.sbd_weights import SCORE_GAMMA, default_weights_path, load_sample_records
+
+    if json_path is None and cfg.data.root is not None:
+        json_path = Path(cfg.data.root) / "SBD" / "sbd_samples_weights.json"
+    json_path = Path(json_path) if json_path is not None else default_weights_path()
+    if not json_path.is_file():
+        print(f"[probe_lib] no SBD sampling weights at {json_path}: sampling images uniformly "
+              "(get them with `python data_scripts/download.py sbd_weights`)")
         return None
-    try:
-        entries = load_sample_weights()
-    except FileNotFoundError:
+    scores = {str(name): float(score) for _i, name, score in load_sample_records(json_path)}
+    names = list(getattr(ds, "names", []))
+    missing = [n for n in names if n not in scores]
+    if not names or missing:
+        print(f"[probe_lib] SBD sampling weights do not cover the dataset (e.g. {missing[:3]}); "
+              "sampling images uniformly")
         return None
-    scores = {}
-    for e in entries:
-        if isinstance(e, dict):
-            scores[str(e["name"])] = float(e["score"])
-        else:
-            scores[str(e[1])] = float(e[2])
-    names = getattr(ds, "names", None)
-    if names is None or not all(n in scores for n in names):
-        missing = [n for n in (names or []) if n not in scores][:3]
-        print(f"[probe_lib] SBD sampling weights do not cover the dataset (e.g. {missing}); "
-              "sampling uniformly")
-        return None
-    w = np.array([(1.0 - scores[n]) ** 1.25 for n in names], np.float64)
+    w = np.array([(1.0 - scores[n]) ** SCORE_GAMMA for n in names], np.float64)
     return w / w.sum()
 
 

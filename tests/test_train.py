@@ -240,3 +240,27 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=2e-5, rtol=1e-4)
     hist = Path(tmp_path / "ddp.history.json").read_text()
     assert '"world_size": 2' in hist
+
+
+def test_weighted_sampling_from_json(tmp_path):
+    import json
+
+    from probe_lib.train import _epoch_order, _sample_weights
+
+    class Named:
+        names = ("b", "a", "c")
+
+    recs = [[0, "a", 0.0], [1, "b", 0.5], [2, "c", 1.0]]
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"records": recs}))
+    cfg = make_config("full")  # SBD, weighted_sampling=True
+    w = _sample_weights(Named(), cfg, json_path=path)
+    expected = np.array([0.5**1.25, 1.0, 0.0])
+    np.testing.assert_allclose(w, expected / expected.sum())
+    order = _epoch_order(3, 20000, seed=0, epoch=0, weights=w)
+    assert (order != 2).all()  # score 1 -> never drawn
+    assert abs((order == 0).mean() - w[0]) < 0.02
+    assert _sample_weights(Named(), cfg, json_path=tmp_path / "missing.json") is None
+    assert _sample_weights(Named(), make_config("small"), json_path=path) is None  # synthetic
+    plain = _epoch_order(5, 12, seed=0, epoch=1, weights=None)
+    assert sorted(plain[:5]) == list(range(5))  # without weights: permutations, no repeats
