@@ -80,6 +80,7 @@ def expected_sha256(key: str, manifest_sha: str | None) -> tuple[str | None, str
 
 
 def record_sha256(key: str, sha: str, size: int, url: str) -> None:
+    """Remember a file's sha256 (trust on first use) in :func:`hashes_path`."""
     hashes = _read_hashes()
     hashes[key] = {"sha256": sha, "size": size, "url": url}
     atomic_write_json(hashes, hashes_path())

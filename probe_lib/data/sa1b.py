@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -270,7 +275,8 @@ class SA1BDataset(_SkippingDataset):
 
     name = "SA1B"
 
-    def __init__(self, root, size: int, max_masks: int = 150, num_images: int | None = None):
+    def __init__(self, root: str | os.PathLike, size: int, max_masks: int = 150,
+                 num_images: int | None = None):
         from pathlib import Path
 
         super().__init__()
@@ -372,7 +378,7 @@ def collate_sa1b(batch: list[dict], pad_to: int | None = None) -> dict:
             "names": [b["name"] for b in batch]}
 
 
-def to_reference_padding(masks, valid):
+def to_reference_padding(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """LoftUp's form: float masks (B, M, S, S) in {0, 1}, padding masks filled with -1."""
     import torch
 
@@ -394,7 +400,8 @@ class ImageFolderDataset(_SkippingDataset):
 
     name = "ImageFolder"
 
-    def __init__(self, root, size: int, num_images: int | None = None, recursive: bool = False):
+    def __init__(self, root: str | os.PathLike, size: int, num_images: int | None = None,
+                 recursive: bool = False):
         from pathlib import Path
 
         super().__init__()
@@ -431,7 +438,7 @@ class ImageFolderDataset(_SkippingDataset):
 
 # ----------------------------------------------------------------------------- fetching a subset
 
-def parse_links(path) -> list[tuple[str, str]]:
+def parse_links(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Parse the SA-1B links file from Meta's download page.
 
     Accepts a TSV with a header ``file_name<TAB>cdn_link`` (what the page is believed to give) or
@@ -495,7 +502,7 @@ def _pairs_in_tar(tf) -> list[tuple[str, object, object]]:
     return [(s, jpg[s], js[s]) for s in order if s in js]
 
 
-def count_images(folder) -> int:
+def count_images(folder: str | os.PathLike) -> int:
     """Complete SA-1B pairs (``sa_*.jpg`` with its ``.json``) in ``folder``."""
     from pathlib import Path
 
@@ -505,7 +512,8 @@ def count_images(folder) -> int:
     return sum(1 for p in folder.glob("sa_*.jpg") if p.with_suffix(".json").is_file())
 
 
-def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
+def fetch_sa1b(links: str | os.PathLike, root: str | os.PathLike, num_images: int, *,
+               keep_shards: bool = False,
                progress: bool = True) -> int:
     """Download SA-1B shards in links-file order until ``num_images`` images are extracted.
 
@@ -525,7 +533,6 @@ def fetch_sa1b(links, root, num_images: int, *, keep_shards: bool = False,
         The number of complete images now in ``<root>/sa1b``.
     """
     import json
-    import os
     import tarfile
     from pathlib import Path
 
