@@ -201,3 +201,18 @@ def test_save_load_roundtrip_and_mismatch(backbone, tmp_path):
         load_probe(tmp_path / "q.pt")
     with pytest.raises(FileNotFoundError):
         load_probe(tmp_path / "missing.pt")
+
+
+def test_random_learned_upsampler_is_stored_with_the_probe(backbone, tmp_path):
+    cfg = cfg_for(upsampler__name="lift", injection="late_highres")
+    torch.manual_seed(2)
+    probe = build_probe(cfg, backbone=backbone)
+    assert str(probe.upsampler.weights_id).startswith("random")
+    path = save_probe(probe, tmp_path / "lift.pt", cfg)
+    assert "upsampler_state_dict" in torch.load(path, weights_only=True)
+    torch.manual_seed(99)  # a rebuild by name alone would draw different random weights
+    loaded, _ = load_probe(path)
+    image, prev, pts = inputs(1)
+    probe.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image, prev, pts), probe(image, prev, pts))
