@@ -420,3 +420,34 @@ def test_featsharp_task_on_tiny_backbone_grads_and_phis_required():
     assert any(p.grad is not None for n, p in up.named_parameters() if n.startswith("jbu."))
     assert all(p.grad is None for p in bb.parameters())
     assert len(task.param_groups()) == 2 and task.param_groups()[1]["lr"] == 1e-4
+
+
+def test_step_indices_deterministic_epochs_and_pad_masks():
+    from probe_lib.upsampler_training.data import pad_masks, step_indices
+
+    a = [i for s in range(5) for i in step_indices(s, 10, 2, seed=3)]
+    assert sorted(a) == list(range(10))  # one epoch = a permutation
+    assert step_indices(7, 10, 2, seed=3) == step_indices(7, 10, 2, seed=3)
+    assert step_indices(0, 10, 2, seed=3) != step_indices(0, 10, 2, seed=4)
+    m = pad_masks([torch.ones(2, 4, 4, dtype=torch.bool), torch.zeros(0, 4, 4, dtype=torch.bool)])
+    assert m.shape == (2, 2, 4, 4) and m.dtype == torch.int8
+    assert (m[0] == 1).all() and (m[1] == -1).all()
+
+
+def test_trained_lift_checkpoint_loads_through_create_upsampler(tmp_path):
+    from probe_lib.backbones import create_backbone
+    from probe_lib.upsampler_training.lift import LiftTask, lift_features
+    from probe_lib.upsamplers import create_upsampler
+
+    torch.manual_seed(0)
+    bb = create_backbone("test_tiny")
+    up = create_upsampler("lift", dim=bb.embed_dim, trainable=True)
+    feats = lift_features(bb, torch.rand(2, 3, 112, 112))
+    task = LiftTask(up)
+    res = fit(task, lambda s: feats, steps=3, optimizer=torch.optim.Adam(task.param_groups()),
+              checkpoint=tmp_path / "lift-x.pt", config={"a": 1}, backbone_id=bb.weights_id,
+              progress=False)
+    loaded = create_upsampler("lift", dim=bb.embed_dim, weights=res.checkpoint)
+    for k, v in up.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert "trained" in loaded.weights_id
