@@ -280,14 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-upsampler-training", action="store_true",
                    help="do not run notebooks 03/06/07/08 for missing upsampler checkpoints "
                         "(probes then use random upsampler weights, marked in the summary)")
+    p.add_argument("--eval-instances", type=int, default=None,
+                   help="evaluate only this many instances per dataset (a quick smoke run; part "
+                        "of the run's config hash)")
     p.add_argument("--list", action="store_true", help="print the grid and exit")
     a = p.parse_args(argv)
     if a.list:
         for r in GRIDS[a.preset]:
             print(r.name(a.preset))
         return 0
+    extra = {"NUM_INSTANCES": a.eval_instances} if a.eval_instances else None
     status = sweep(a.preset, root=Path(a.results) if a.results else None, only=a.only,
-                   force=a.force, train_upsamplers=not a.no_upsampler_training)
+                   force=a.force, train_upsamplers=not a.no_upsampler_training, extra=extra)
     bad = [s for s in status if s["status"] in ("failed", "stale")]
     if bad:
         print(f"{len(bad)} step(s) failed or stale: " + ", ".join(s["run"] for s in bad),
