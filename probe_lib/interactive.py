@@ -349,7 +349,7 @@ class ClickPredictor:
 
 
 def ensure_probe_checkpoint(cfg: Any, upsampler: str, injection: str = "late_highres", *,
-                            num_images: int = 48, epochs: int = 2,
+                            num_images: int = 32, epochs: int = 2,
                             progress: bool = True) -> tuple[Path, bool]:
     """Path of a probe checkpoint for ``upsampler``/``injection`` at ``cfg.preset``.
 
