@@ -498,7 +498,7 @@ def test_time_forward_and_thin_bars_on_tiny(tiny):
 
     rows = time_forward(tiny, [28, 56], repeats=1, warmup=0)
     assert [(r["size"], r["grid"], r["tokens"]) for r in rows] == [(28, 2, 4), (56, 4, 16)]
-    assert all(r["seconds"] > 0 for r in rows)
+    assert all(r["seconds"] > 0 and r["cpu_seconds"] >= 0 for r in rows)
     res = thin_bar_response(tiny, _rand_images(1, 56, 56), [1, 6, 7, 14, 28], left=19)
     # bar columns [19, 19+w): patch columns 14..27 get min(w, 9) px, 28..41 get the rest
     assert res["token_recall"] == pytest.approx([0, 0, 1, 9 / 14, 23 / 28])

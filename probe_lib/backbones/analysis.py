@@ -79,7 +79,9 @@ def time_forward(backbone: Backbone, sizes: Sequence[int], repeats: int = 3,
     """Wall-clock cost of ``backbone(images)`` at several square input sizes.
 
     Returns one dict per size: ``size`` (pixels), ``grid`` (tokens per side), ``tokens`` (h*w),
-    ``seconds`` (median over ``repeats`` runs after ``warmup`` runs), ``seconds_min``.
+    ``seconds`` (wall clock, median over ``repeats`` runs after ``warmup`` runs), ``seconds_min``,
+    ``cpu_seconds`` (median process CPU time, summed over threads: less sensitive than wall
+    clock to other jobs on a shared machine; about ``threads × seconds`` on an idle one).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -88,18 +90,20 @@ def time_forward(backbone: Backbone, sizes: Sequence[int], repeats: int = 3,
     for s in sizes:
         h, w = backbone.grid_size(s, s)
         x = torch.rand(batch_size, 3, s, s, generator=torch.Generator().manual_seed(0)).to(device)
-        times = []
+        times, cpu = [], []
         for i in range(warmup + repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             backbone(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
         rows.append({"size": int(s), "grid": int(h), "tokens": int(h * w),
-                     "seconds": float(np.median(times)), "seconds_min": float(min(times))})
+                     "seconds": float(np.median(times)), "seconds_min": float(min(times)),
+                     "cpu_seconds": float(np.median(cpu))})
     return rows
 
 
