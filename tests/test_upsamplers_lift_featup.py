@@ -292,3 +292,33 @@ def test_featup_implicit_multi_view_uses_the_backbone():
     assert all(not p.requires_grad for p in up.parameters())  # the module itself stays frozen
     with pytest.raises(ValueError, match="steps"):
         create_upsampler("featup_implicit", steps=0)
+
+
+def test_analysis_helpers_edge_alignment_and_colour_guided_jbu():
+    from probe_lib.upsamplers.analysis import (
+        colour_guided_jbu,
+        edge_alignment,
+        jbu_kernels_at,
+    )
+
+    # image: a disc; features: its 8x8 area-pooled version (a blurry disc after bilinear)
+    yy, xx = torch.meshgrid(torch.arange(112.0), torch.arange(112.0), indexing="ij")
+    disc = (((yy - 50) ** 2 + (xx - 60) ** 2) < 30 ** 2).float()
+    image = torch.stack([disc, 0.2 + 0.6 * disc, 1 - disc])[None]
+    feats = F.interpolate(image, size=(8, 8), mode="area").repeat(1, 2, 1, 1)
+    bil = create_upsampler("bilinear", dim=6)(feats, image)
+    with torch.no_grad():
+        guided = colour_guided_jbu(dim=6)(feats, image)
+    a_bil, a_guided = edge_alignment(bil, image), edge_alignment(guided, image)
+    assert a_guided > a_bil + 0.1, (a_guided, a_bil)
+    # a map that is exactly the image changes only on its edges
+    assert edge_alignment(image, image) > 0.95
+    with pytest.raises(ValueError, match="same height and width"):
+        edge_alignment(feats, image)
+    k = jbu_kernels_at(colour_guided_jbu(dim=6).up1, image, [(50, 60), (50, 30)])
+    assert k["range"].shape == (2, 7, 7) and k["patch"].shape == (2, 3, 7, 7)
+    torch.testing.assert_close(k["kernel"].sum((1, 2)), torch.ones(2))
+    # on the disc boundary (row 50, col 30) the range kernel ignores the other side
+    inside = k["patch"][1, 0] > 0.5
+    same = inside if inside[3, 3] else ~inside
+    assert 0 < same.sum() < 49 and k["range"][1][~same].sum() < 0.05
