@@ -38,8 +38,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from probe_lib.augment import IsegAugment, pad_if_needed, random_crop, resize
 from probe_lib.clicks import MultiPointSampler, add_training_clicks, clicks_to_tensor, next_click
 from probe_lib.losses import NormalizedFocalLoss
-from probe_lib.model import ISProbe, build_probe, save_probe
-from probe_lib.utils import atomic_write_json, checkpoint_path, get_device
+from probe_lib.model import ISProbe, _frozen_info, build_probe, save_probe
+from probe_lib.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    banner,
+    checkpoint_path,
+    get_device,
+)
 
 __all__ = ["ProbeTrainSet", "batch_loss", "default_out_path", "iou", "main", "train_probe", "validate"]
 
@@ -289,6 +295,29 @@ def _init_dist(world: int, local: int, device: torch.device) -> torch.device:
 # --------------------------------------------------------------------------------------------
 
 
+# Config fields that change what a probe learns (the rest: evaluation, upsampler training,
+# worker counts, memory layout, data location, may differ between a run and its resumption).
+_UPSAMPLER_KEYS = ("name", "weights", "featup_channelnorm", "loftup_minmax_scope",
+                   "featsharp_factor", "frozen_bn_mode")
+_IGNORED = {"train": ("num_workers",), "probe": ("channels_last",), "data": ("root",)}
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    """``section.key: old -> new`` for the training-relevant fields that differ."""
+    out = []
+    if old.get("preset") != new.get("preset"):
+        out.append(f"preset: {old.get('preset')!r} -> {new.get('preset')!r}")
+    for sec in ("backbone", "upsampler", "probe", "train", "data"):
+        a, b = old.get(sec, {}), new.get(sec, {})
+        keys = _UPSAMPLER_KEYS if sec == "upsampler" else sorted(set(a) | set(b))
+        for k in keys:
+            if k in _IGNORED.get(sec, ()):
+                continue
+            if a.get(k) != b.get(k):
+                out.append(f"{sec}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
+
+
 def _state_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.stem + ".train_state.pt")
 
@@ -319,7 +348,9 @@ def train_probe(
             every epoch: trainable weights, Adam and scheduler state, RNG state, history) and
             ``<stem>.history.json`` (per-step losses, per-epoch validation).
         resume: continue from the state file if present (a finished run returns its history
-            without training); a state made with a different config raises a ValueError.
+            without training). A state made with a different training-relevant config raises a
+            ValueError; one trained on other frozen weights (e.g. the upsampler was retrained
+            since) is moved aside to ``*.stale*`` with a banner and training restarts.
             ``False`` starts afresh and overwrites.
         progress: tqdm bars.
         train_dataset, val_dataset: objects with ``len`` and ``get_sample(i) -> ISSample``;
@@ -351,17 +382,32 @@ def train_probe(
     state = None
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["config"] != cfg.to_dict():
-            raise ValueError(f"{state_path} was written with a different config; pass "
-                             "resume=False to start over or choose another out_path")
-        if state["history"].get("complete") and out_path.is_file():
-            if is_main and progress:
-                print(f"[probe_lib] {out_path.name}: training already complete; loaded history")
-            return state["history"]
+        diff = _config_diff(state["config"], cfg.to_dict())
+        if diff:
+            raise ValueError(f"{state_path} was trained with a different config ({'; '.join(diff)})"
+                             "; pass resume=False (RETRAIN = True in notebook 09) to train afresh "
+                             "and overwrite it, or choose another out_path")
 
     # model (seeded so that a fresh run and a resumed run start from the same init)
     torch.manual_seed(tc.seed)
     model = build_probe(cfg, backbone=backbone, upsampler=upsampler).to(device)
+    if state is not None:
+        old, cur = state.get("frozen"), _frozen_info(model)
+        if old is not None and old != cur:
+            stale = [p for p in (out_path, state_path, hist_path) if p.exists()]
+            if is_main:
+                banner(f"{out_path.name} was trained on other frozen weights\n"
+                       f"  then: {old}\n  now:  {cur}\n"
+                       f"moving it aside (*.stale*) and training afresh")
+                for p in stale:
+                    os.replace(p, p.with_name(p.stem + ".stale" + p.suffix))
+            state = None
+        elif "upsampler_state_dict" in state:  # random learned upsampler: same weights again
+            model.upsampler.load_state_dict(state["upsampler_state_dict"])
+    if state is not None and state["history"].get("complete") and out_path.is_file():
+        if is_main and progress:
+            print(f"[probe_lib] {out_path.name}: training already complete; loaded history")
+        return state["history"]
     params = model.trainable_parameters()
     if not params:
         raise ValueError("the probe has no trainable parameters")
@@ -414,12 +460,14 @@ def train_probe(
     use_amp = bool(tc.amp) and device.type == "cuda"
 
     def save_state(epoch: int) -> None:
-        obj = {"config": cfg.to_dict(), "epoch": epoch, "trainable": model.trainable_state_dict(),
+        obj = {"config": cfg.to_dict(), "frozen": _frozen_info(model), "epoch": epoch,
+               "trainable": model.trainable_state_dict(),
                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                "history": history}
-        from probe_lib.utils import atomic_torch_save
-
+        up = model.upsampler
+        if getattr(up, "learned", False) and str(up.weights_id).startswith("random"):
+            obj["upsampler_state_dict"] = {k: v.detach().cpu() for k, v in up.state_dict().items()}
         atomic_torch_save(obj, state_path)
         atomic_write_json(history, hist_path)
 

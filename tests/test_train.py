@@ -164,8 +164,21 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, backbone):
     # a finished run is not retrained; a different config is refused
     again = train_probe(cfg, tmp_path / "b.pt", **kw)
     assert again["steps"] == resumed["steps"]
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(train.epochs: 2 -> 3\)"):
         train_probe(tiny_cfg(epochs=3, val_samples=0), tmp_path / "b.pt", **kw)
+    # evaluation / upsampler-training settings do not matter for a trained probe
+    same = train_probe(tiny_cfg(epochs=2, val_samples=0, eval__max_clicks=3,
+                                upsampler__train_steps=7), tmp_path / "b.pt", **kw)
+    assert same["steps"] == resumed["steps"]
+    # trained on other frozen weights (e.g. a retrained upsampler): moved aside, retrained
+    sp = tmp_path / "b.train_state.pt"
+    st = torch.load(sp, weights_only=True)
+    st["frozen"]["upsampler"]["weights_id"] = "trained bilinear (older checkpoint)"
+    torch.save(st, sp)
+    fresh = train_probe(tiny_cfg(epochs=2, val_samples=0), tmp_path / "b.pt",
+                        stop_after_epochs=1, **kw)
+    assert len(fresh["epochs"]) == 1
+    assert (tmp_path / "b.stale.pt").is_file() and (tmp_path / "b.train_state.stale.pt").is_file()
 
 
 def test_all_ignore_samples_are_skipped_not_nan(tmp_path, backbone):
