@@ -327,7 +327,11 @@ def summary_notes(preset: str, rows: Sequence[dict], sweep_status: dict | None =
                 "trained checkpoint (its notebook did not produce one). Those rows measure an "
                 "untrained upsampler.", ""]
     if sweep_status:
-        tot = sweep_status.get("total_seconds") or sweep_status.get("seconds_so_far")
-        if tot:
-            out += [f"Sweep wall time: {tot / 60:.1f} min (this machine; see the runs table)."]
+        if sweep_status.get("total_seconds"):
+            out += [f"Sweep wall time: {sweep_status['total_seconds'] / 60:.1f} min on this "
+                    "machine (per-run seconds in the runs table)."]
+        elif sweep_status.get("seconds_so_far"):
+            out += [f"Sweep wall time before this aggregation step: "
+                    f"{sweep_status['seconds_so_far'] / 60:.1f} min on this machine (per-run "
+                    "seconds in the runs table)."]
     return "\n".join(out)
