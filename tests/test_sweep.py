@@ -12,8 +12,15 @@ import pytest
 from probe_lib import sweep as sweep_mod
 from probe_lib.config import make_config
 from probe_lib.evaluate import EvalResult, save_result
-from probe_lib.results import (SRC_84, SRC_85, collect_rows, csv_table, markdown_table,
-                               reference_numbers, write_summary)
+from probe_lib.results import (
+    SRC_84,
+    SRC_85,
+    collect_rows,
+    csv_table,
+    markdown_table,
+    reference_numbers,
+    write_summary,
+)
 
 
 def _fake_result(dataset="synthetic", n=5, k=4, seed=0):
