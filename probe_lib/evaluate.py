@@ -434,15 +434,30 @@ def config_hash(d: dict) -> str:
 
 
 def save_result(result: EvalResult, out_dir: str | Path, cfg=None, meta: dict | None = None,
-                n_boot: int = 1000) -> dict:
+                n_boot: int = 1000, overwrite: bool = False) -> dict:
     """Write ``<out_dir>/<dataset>_ious.npz`` and ``<dataset>_metrics.json`` atomically.
 
     The JSON holds the metrics, the evaluation settings, the run config and ``meta`` (e.g. the
-    backbone/upsampler weights ids). Returns the JSON dict.
+    backbone/upsampler weights ids). Returns the JSON dict. Results of the same configuration are
+    replaced; results of another configuration in the same folder raise a ValueError unless
+    ``overwrite=True`` (an older run is never overwritten silently).
     """
     from probe_lib.utils import atomic_write_bytes, atomic_write_json, environment_info
 
     out_dir = Path(out_dir)
+    new_cfg = cfg.to_dict() if cfg is not None else None
+    old_path = out_dir / f"{result.dataset}_metrics.json"
+    if old_path.is_file() and not overwrite:
+        try:
+            old = json.loads(old_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if (old.get("config") != new_cfg or old.get("settings", result.settings)
+                != json.loads(json.dumps(result.settings))):
+            raise ValueError(
+                f"{old_path} holds results of another configuration (config hash "
+                f"{config_hash(old.get('config') or {})} vs {config_hash(new_cfg or {})}); "
+                "choose another output folder, delete it, or pass overwrite=True")
     import io
 
     buf = io.BytesIO()

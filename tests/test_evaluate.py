@@ -260,6 +260,12 @@ def test_save_and_load(tmp_path):
     assert doc["config"]["preset"] == "small" and "NoC85" in doc["metrics"]
     with pytest.raises(FileNotFoundError):
         load_ious(tmp_path / "nope.npz")
+    # same configuration: replaced; another configuration: refused unless overwrite=True
+    save_result(res, tmp_path, cfg=make_config("small"), n_boot=10)
+    with pytest.raises(ValueError, match="another configuration"):
+        save_result(res, tmp_path, cfg=make_config("small", upsampler__name="loftup"), n_boot=10)
+    save_result(res, tmp_path, cfg=make_config("small", upsampler__name="loftup"), n_boot=10,
+                overwrite=True)
 
 
 # ------------------------------------------------------------------ bad input
