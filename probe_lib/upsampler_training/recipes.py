@@ -35,14 +35,14 @@ from .loftup import LoftUpStage1Task, LoftUpStage2Task
 from .loop import TrainResult, clip_schedule, fit, warmup_cosine
 
 
-def _trainable(name: str, backbone: nn.Module, cfg, init: str | Path | None = None,
+def _trainable(name: str, bb: nn.Module, cfg, init: str | Path | None = None,
                device=None, **extra: Any) -> nn.Module:
     from probe_lib.upsamplers import create_upsampler
 
     kw = {"featup_channelnorm": cfg.upsampler.featup_channelnorm,
           "loftup_minmax_scope": cfg.upsampler.loftup_minmax_scope,
           "featsharp_factor": cfg.upsampler.featsharp_factor, **extra}
-    up = create_upsampler(name, dim=backbone.embed_dim, weights=str(init) if init else "random",
+    up = create_upsampler(name, dim=bb.embed_dim, weights=str(init) if init else "random",
                           trainable=True, **kw)
     return up.to(device or get_device())
 
