@@ -113,7 +113,7 @@ def reference_markdown(upsamplers: Iterable[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 COLUMNS = ("run", "upsampler", "click_encoder", "injection", "dataset", "protocol",
            "num_instances", "max_clicks", "NoC80", "NoC85", "NoC90", "NoC95", "NoC85_ci",
-           "NoC90_ci", "over_max@85", "over_max@90", "IoU@1", "seconds_per_click",
+           "NoC90_ci", "over_max@85", "over_max@90", "IoU@1", "mIoU@last", "seconds_per_click",
            "backbone_weights", "upsampler_weights", "reference")
 
 
@@ -153,7 +153,7 @@ def row_from_metrics(doc: dict, run: str = "") -> dict:
            "IoU@1": 100.0 * m["IoU@1"], "seconds_per_click": m.get("seconds_per_click"),
            "backbone_weights": meta.get("backbone_weights", "?"),
            "upsampler_weights": meta.get("upsampler_weights", "?"),
-           "mIoU@k": m["mIoU@k"]}
+           "mIoU@k": m["mIoU@k"], "mIoU@last": 100.0 * m["mIoU@k"][-1]}
     for k in ("NoC80", "NoC85", "NoC90", "NoC95"):
         row[k] = m[k]
         row[f"{k}_ci"] = tuple(m.get(f"{k}_ci", (float("nan"), float("nan"))))
@@ -178,7 +178,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         return "_no results yet_\n"
     n = rows[0]["max_clicks"]
     head = ["upsampler", "click encoder", "injection", "dataset", "N", "NoC80", "NoC85 [95% CI]",
-            "NoC90 [95% CI]", "NoC95", f"≥{n}@85", f"≥{n}@90", "IoU@1 (%)", "s/click",
+            "NoC90 [95% CI]", "NoC95", f"≥{n}@85", f"≥{n}@90", "IoU@1 (%)", f"mIoU@{n} (%)",
+            "s/click",
             "upsampler weights", "paper (see sources)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -187,7 +188,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         cells = [UPSAMPLER_LABELS.get(r["upsampler"], r["upsampler"]), r["click_encoder"],
                  r["injection"], r["dataset"], str(r["num_instances"]), _fmt(r["NoC80"]), ci85,
                  ci90, _fmt(r["NoC95"]), str(r["over_max@85"]), str(r["over_max@90"]),
-                 _fmt(r["IoU@1"]), _fmt(r["seconds_per_click"], 3), r["upsampler_weights"],
+                 _fmt(r["IoU@1"]), _fmt(r["mIoU@last"]), _fmt(r["seconds_per_click"], 3),
+                 r["upsampler_weights"],
                  r["reference"] or "–"]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
