@@ -353,7 +353,8 @@ class ClickExplorer:
                          + (f"<br><small>({what})</small>" if what else ""))
         if pred.encode_latency_s is not None:
             parts.append(f"<small>image features: {pred.encode_latency_s * 1000:.0f} ms</small>")
-        panel.stats.value = "<br>".join(parts)
+        panel.stats.value = ("<div style='line-height:1.35; font-size:12px'>"
+                             + "<br>".join(parts) + "</div>")
 
     def _predict(self, panel: Panel) -> None:
         panel.probs, panel.mask = panel.predictor.predict()
