@@ -150,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"upsampler": name, "injection": inj, **{k: round(v, 4)
                                                                  for k, v in r.items()}})
             print(rows[-1], flush=True)
+            _write(rows, args, cfg0, size, b, device)
+    print(f"wrote {args.out}")
+    return 0
 
+
+def _write(rows: list[dict], args, cfg0, size: int, b: int, device) -> None:
+    """Table (markdown) and JSON of the rows so far."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info = {"preset": args.preset, "size": size, "batch": b, "device": str(device),
             "head": cfg0.probe.head, "threads": torch.get_num_threads(), "load_average": load,
@@ -176,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['upsampler_fwd']:.3f} | {r['head_fwd_bwd']:.3f} | {r['step']:.3f} | "
                      f"{r['click_round']:.3f} | {r['images_per_s']:.1f} |")
     atomic_write_text("\n".join(lines) + "\n", args.out)
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
