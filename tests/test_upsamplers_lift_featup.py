@@ -267,11 +267,11 @@ class _FakeBackbone(torch.nn.Module):
 def test_featup_implicit_fits_and_is_deterministic():
     feats = torch.randn(1, 8, 3, 3)
     image = torch.rand(1, 3, 42, 42)
-    up = create_upsampler("featup_implicit", dim=8, steps=12, n_views=1, lr=1e-2)
+    up = create_upsampler("featup_implicit", dim=8, steps=8, n_views=1, lr=1e-2)
     out = up(feats, image)
     assert out.shape == (1, 8, 42, 42) and torch.isfinite(out).all()
     hist = up.history[-1]
-    assert len(hist) == 12 and hist[-1] < hist[0]
+    assert len(hist) == 8 and hist[-1] < hist[0]
     torch.testing.assert_close(up(feats, image), out)  # seeded: same image -> same output
     assert "no backbone" in up.weights_id
     # the fitted map, downsampled, is closer to the features than a constant map
