@@ -111,6 +111,7 @@ def bench(probe, b: int, size: int, device, repeats: int) -> dict[str, float]:
     probe.train()
     out["step+clicks"] = out["step"] + 1.5 * out["click_round"]
     out["images_per_s"] = b / out["step+clicks"]
+    out["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return out
 
 
@@ -170,17 +171,18 @@ def _write(rows: list[dict], args, cfg0, size: int, b: int, device) -> None:
         f"{args.repeats}). `step` = encode + gradient forward/backward + Adam; `click round` = one "
         "no-grad iterative-click forward (1.5 per step on average); images/s from "
         "`step + 1.5 × click round`. Backbone/upsampler/head columns time the parts alone."),
-        (f"Machine load average during the run: {load:.1f} (a shared 2-core CPU: absolute "
-        "numbers are noisy, ratios are the message)."),
+        (f"Machine load average at the end of the run: {load:.1f}; per row in the last column "
+        "(a shared 2-core CPU: absolute numbers are noisy, compare rows of similar load)."),
         "",
         ("| upsampler | injection | backbone fwd | upsampler fwd | head fwd+bwd | step | click round "
-        "| images/s |"),
-        "|---|---|---|---|---|---|---|---|",
+        "| images/s | load |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['upsampler']} | {r['injection']} | {r['backbone_fwd']:.3f} | "
                      f"{r['upsampler_fwd']:.3f} | {r['head_fwd_bwd']:.3f} | {r['step']:.3f} | "
-                     f"{r['click_round']:.3f} | {r['images_per_s']:.1f} |")
+                     f"{r['click_round']:.3f} | {r['images_per_s']:.2f} | "
+                     f"{r.get('load_average', float('nan')):.1f} |")
     atomic_write_text("\n".join(lines) + "\n", args.out)
 
 
