@@ -228,7 +228,7 @@ def main(argv=None) -> int:
 
     atomic_write_text(md, out)
     atomic_write_json({"rows": rows, "goals": [(g[0], g[1]) for g in goal_rows],
-                       "args": vars(args), "loadavg": [load0, load1],
+                       "args": {**vars(args), "out": out.name}, "loadavg": [load0, load1],
                        "env": environment_info()}, out.with_suffix(".json"))
     print(md)
     return 0
