@@ -32,6 +32,8 @@ class UpsamplerConfig:
     # "random" | "pretrained" | "trained" (our own checkpoint from the training notebooks) | a path
     weights: str = "trained"
     featup_channelnorm: bool = True  # False reproduces iSegProbe (drops FeatUp's ChannelNorm)
+    featup_jitters: int = 5  # FeatUp training: jittered views per step (SPEC §7.2: 5)
+    featup_train_steps: int | None = None  # None = train_steps (JBU backward is costly on CPU)
     loftup_recipe: str = "paper"  # "paper" | "script" (SPEC §7.3), independent of the preset
     loftup_minmax_scope: str = "batch"  # "batch" (reference) | "sample"
     featsharp_factor: int = 2
@@ -143,7 +145,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"train_dataset": "synthetic"},
         "upsampler": {"train_steps": 30, "train_image_size": 112, "train_num_images": 64,
                       "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10,
-                      "loftup_train_out_scale": 0.5},
+                      "loftup_train_out_scale": 0.5, "featup_jitters": 2,
+                      "featup_train_steps": 10},
     },
 }
 _PRESETS["full"] = {

@@ -322,3 +322,19 @@ def test_analysis_helpers_edge_alignment_and_colour_guided_jbu():
     inside = k["patch"][1, 0] > 0.5
     same = inside if inside[3, 3] else ~inside
     assert 0 < same.sum() < 49 and k["range"][1][~same].sum() < 0.05
+
+
+def test_adaptive_conv_backward_matches_autograd_of_the_reference():
+    torch.manual_seed(0)
+    src = torch.randn(2, 3, 5 + 6, 4 + 6, dtype=torch.float64, requires_grad=True)
+    ker = torch.randn(2, 49, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(adaptive_conv, (src, ker), eps=1e-6, atol=1e-6)
+    # and against autograd through the naive per-pixel loop
+    g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    ours = torch.autograd.grad((adaptive_conv(src, ker) * g).sum(), (src, ker))
+    b, c, hp, wp = src.shape
+    patches = torch.stack([src[:, :, i:i + 5, j:j + 4] for i in range(7) for j in range(7)], 2)
+    ref_out = (patches * ker[:, None]).sum(2)
+    ref = torch.autograd.grad((ref_out * g).sum(), (src, ker))
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r)

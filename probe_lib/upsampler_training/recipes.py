@@ -97,9 +97,12 @@ def train_lift(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint
 
 def train_featup(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint=None,
                  overwrite: bool = False, progress: bool = True, callbacks=None,
-                 n_jitters: int = 5, crf_weight: float = 0.001, tv_weight: float = 0.0):
+                 n_jitters: int | None = None, crf_weight: float = 0.001, tv_weight: float = 0.0):
     """Train the FeatUp JBU stack by multi-view reconstruction (NAdam 1e-3, clip 1e-4 for 10
-    steps); returns ``(upsampler, TrainResult)``."""
+    steps); returns ``(upsampler, TrainResult)``. ``n_jitters`` defaults to
+    ``cfg.upsampler.featup_jitters`` (5 as FeatUp; 2 at ``small`` to fit the CPU budget)."""
+    n_jitters = n_jitters or cfg.upsampler.featup_jitters
+    steps = steps or cfg.upsampler.featup_train_steps
     device = next(backbone.parameters()).device
     up = _trainable("featup_jbu", backbone, cfg, device=device)
     data = TrainingImages(cfg, cfg.upsampler.train_image_size)
