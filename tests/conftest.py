@@ -51,3 +51,13 @@ def cache_root() -> Path:
 @pytest.fixture(scope="session")
 def data_root_dir() -> Path:
     return Path(os.environ["PROBE_LIB_DATA"])
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module of tiny-tensor tests (on a shared 2-core machine a second
+    OpenMP thread mostly waits, 10-40x slower under load); the setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

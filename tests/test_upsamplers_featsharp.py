@@ -28,13 +28,8 @@ class StandIn(nn.Module):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread mostly waits (10-40x slower
-    # under load); restore the setting for the other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
