@@ -4,9 +4,10 @@ For each upsampler and injection mode, a probe predicts a sequence of clicks on 
 recomputing everything at every click (``probe(image, prev_mask, points)``), and reusing the
 click-independent part (``cache = probe.encode_image(image)`` once, then
 ``probe.forward_cached(cache, ...)`` per click). What can be reused depends on the injection:
-``early`` nothing (clicks enter before the backbone), ``late_lowres`` the backbone output (the
-upsampler re-runs on clicked tokens), ``late_highres`` backbone + upsampler output. Both paths
-must give the same logits; the table reports ms per click and the speed-up.
+``early`` only the upsampler's image-only part (JBU kernels, LoftUp's query stem; clicks enter
+before the backbone), ``late_lowres`` also the backbone output (the upsampler re-runs on clicked
+tokens), ``late_highres`` backbone + upsampler output. Both paths must give the same logits; the
+table reports ms per click and the speed-up.
 
     python benchmarks/evaluation.py                    # small: 112 px, 10 clicks, CPU
     python benchmarks/evaluation.py --size 224 --clicks 20 --device cuda

@@ -340,22 +340,34 @@ class ISProbe(nn.Module):
         """Click-independent part of the forward pass, for reuse across clicks.
 
         Returns a dict with ``image`` always, ``feats`` (B, C, h, w) for the late modes and
-        ``none``, and ``hr`` (upsampled features) for ``late_highres`` and ``none``. Computed
-        without gradients (everything in it is frozen).
+        ``none``, ``hr`` (upsampled features) for ``late_highres`` and ``none``, and ``guide``
+        (the upsampler's image-only part, :meth:`Upsampler.prepare_guidance`) for ``early`` and
+        ``late_lowres`` when the upsampler has one. Computed without gradients (everything in
+        it is frozen).
         """
         check_image_batch(image, "image")
         cache: dict[str, Any] = {"image": image, "injection": self.injection}
-        if self.injection == "early":
-            return cache
         with torch.no_grad():
+            if self.injection in ("early", "late_lowres"):
+                # the upsampler re-runs every click: keep its image-only part (JBU kernels,
+                # LoftUp's query stem), exact reuse
+                prepare = getattr(self.upsampler, "prepare_guidance", None)
+                grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
+                guide = prepare(image, grid) if prepare is not None else None
+                if guide is not None:
+                    cache["guide"] = guide
+            if self.injection == "early":
+                return cache
             feats = self.backbone(image)
             cache["feats"] = feats
             if self.injection in ("late_highres", "none"):
                 cache["hr"] = self._upsample(feats, image)
         return cache
 
-    def _upsample(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        hr = self.upsampler(feats, image)
+    def _upsample(self, feats: torch.Tensor, image: torch.Tensor,
+                  guide: Any = None) -> torch.Tensor:
+        hr = self.upsampler(feats, image) if guide is None else \
+            self.upsampler(feats, image, guidance=guide)
         if getattr(self.upsampler, "resize_to_image", True):
             hr = _resize(hr, tuple(image.shape[-2:]))  # SPEC §1 step 6
         return hr
@@ -371,11 +383,12 @@ class ISProbe(nn.Module):
         self._check(None, prev_mask, points, (hh, ww), b)
         tokens = self._tokens(prev_mask, points)
         h, w = hh // self.patch_size, ww // self.patch_size
+        guide = cache.get("guide")
         if self.injection == "early":
-            hr = self._upsample(self.backbone(image, click_tokens=tokens), image)
+            hr = self._upsample(self.backbone(image, click_tokens=tokens), image, guide)
         elif self.injection == "late_lowres":
             feats = cache["feats"] + tokens.transpose(1, 2).reshape(b, self.embed_dim, h, w)
-            hr = self._upsample(feats, image)
+            hr = self._upsample(feats, image, guide)
         elif self.injection == "late_highres":
             t = tokens.transpose(1, 2).reshape(b, self.embed_dim, h, w)
             hr = cache["hr"] + _resize(t, tuple(cache["hr"].shape[-2:]))

@@ -130,6 +130,30 @@ def test_forward_shapes_cache_and_grads(backbone, injection):
         assert not torch.equal(probe(image, prev, other.contiguous()), out)
 
 
+@pytest.mark.parametrize("up", ["featup_jbu", "loftup"])
+@pytest.mark.parametrize("injection", ["early", "late_lowres"])
+def test_upsampler_guidance_is_cached_once_per_image(backbone, up, injection):
+    """With early / late_lowres the upsampler re-runs every click; its image-only part is in
+    the cache and reusing it gives exactly the uncached logits (and the same gradients)."""
+    torch.manual_seed(0)
+    probe = build_probe(cfg_for(upsampler__name=up, injection=injection), backbone=backbone)
+    image, prev, pts = inputs()
+    cache = probe.encode_image(image)
+    assert "guide" in cache
+    bare = {k: v for k, v in cache.items() if k != "guide"}
+    probe.train()
+    with_guide = probe.forward_cached(cache, prev, pts)
+    without = probe.forward_cached(bare, prev, pts)
+    torch.testing.assert_close(with_guide, without, rtol=1e-6, atol=1e-6)
+    weight = probe.embed_coords.proj.weight  # the patch-embedding click encoder
+    with_guide.sum().backward()
+    g1 = weight.grad.clone()
+    probe.zero_grad()
+    without.sum().backward()
+    assert g1.abs().sum() > 0
+    torch.testing.assert_close(g1, weight.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_identity_head_runs_at_token_grid(backbone):
     probe = build_probe(cfg_for(upsampler__name="identity", injection="late_highres"),
                         backbone=backbone)

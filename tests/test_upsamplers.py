@@ -162,6 +162,37 @@ def test_trainable_gets_gradients(name, tiny_backbone):
     assert len(got) >= len(trainable) // 2, f"only {len(got)}/{len(trainable)} params got grads"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_prepared_guidance_gives_the_same_output(name, tiny_backbone):
+    """The image-only part (JBU kernels, LoftUp's query stem) reused across calls, as the probe
+    does across clicks, changes nothing; misuse is refused with a clear error."""
+    up = make(name, tiny_backbone)
+    feats, image = inputs(name)
+    guide = up.prepare_guidance(image, (H, W))
+    if guide is None:
+        assert name not in ("featup_jbu", "loftup"), "these have an image-only part to reuse"
+        pytest.skip("no image-only part")
+    feats.requires_grad_(True)
+    out = up(feats, image, guidance=guide)
+    torch.testing.assert_close(out, up(feats, image), rtol=1e-6, atol=1e-6)
+    out.sum().backward()  # gradients reach the features through the reused part
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+    other_feats, other_image = inputs(name, b=1, seed=1)
+    with pytest.raises(ValueError, match="guidance was prepared for"):
+        up(other_feats, other_image, guidance=guide)
+    with pytest.raises(ValueError, match="prepare_guidance"):
+        up(feats, image, guidance=guide.data)
+    # another train/eval mode: recomputed, not reused
+    assert up._usable_guidance(guide, feats, image) is not None
+    trainable = make(name, tiny_backbone, trainable=True)
+    trainable.load_state_dict(up.state_dict())
+    trainable.eval()
+    with pytest.raises(ValueError, match="freeze it first"):
+        trainable(feats, image, guidance=trainable.prepare_guidance(image, (H, W)))
+    trainable.train()
+    assert trainable._usable_guidance(guide, feats, image) is None
+
+
 def test_reference_bn_mode_allows_train_mode():
     up = create_upsampler("lift", dim=DIM, frozen_bn_mode="reference")
     assert all(not p.requires_grad for p in up.parameters())

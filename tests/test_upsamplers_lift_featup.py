@@ -332,9 +332,57 @@ def test_adaptive_conv_backward_matches_autograd_of_the_reference():
     # and against autograd through the naive per-pixel loop
     g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
     ours = torch.autograd.grad((adaptive_conv(src, ker) * g).sum(), (src, ker))
-    b, c, hp, wp = src.shape
     patches = torch.stack([src[:, :, i:i + 5, j:j + 4] for i in range(7) for j in range(7)], 2)
     ref_out = (patches * ker[:, None]).sum(2)
     ref = torch.autograd.grad((ref_out * g).sum(), (src, ker))
     for a, r in zip(ours, ref):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 200, 1 << 30])
+def test_adaptive_conv_blocking_does_not_change_the_result(monkeypatch, block_bytes):
+    """Row bands of one image (tiny budget), several rows, and whole images grouped across the
+    batch (huge budget) give the naive result and the same gradients."""
+    from probe_lib.upsamplers import featup
+
+    torch.manual_seed(1)
+    src = torch.randn(3, 2, 6 + 6, 5 + 6, dtype=torch.float64, requires_grad=True)
+    ker = torch.randn(3, 49, 6, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 2, 6, 5, dtype=torch.float64)
+    # gradients through the naive reference (autograd), compared with the hand-written backward
+    patches = torch.stack([src[:, :, i:i + 6, j:j + 5] for i in range(7) for j in range(7)], 2)
+    ref = torch.autograd.grad(((patches * ker[:, None]).sum(2) * g).sum(), (src, ker))
+    monkeypatch.setattr(featup, "_BLOCK_BYTES", block_bytes)
+    with torch.no_grad():
+        torch.testing.assert_close(adaptive_conv(src, ker), adaptive_conv_reference(src, ker))
+    ours = torch.autograd.grad((adaptive_conv(src, ker) * g).sum(), (src, ker))
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r)
+
+
+def test_adaptive_conv_accepts_channels_last_inputs_and_returns_channels_last():
+    g = torch.Generator().manual_seed(2)
+    src = torch.randn(2, 8, 5 + 6, 7 + 6, generator=g)
+    ker = torch.randn(2, 49, 5, 7, generator=g)
+    cl = torch.channels_last
+    out = adaptive_conv(src.contiguous(memory_format=cl), ker.contiguous(memory_format=cl))
+    torch.testing.assert_close(out, adaptive_conv_reference(src, ker), rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=cl)
+
+
+@pytest.mark.parametrize(("hw", "size"), [((3, 4), (6, 8)), ((8, 8), (16, 16)), ((5, 2), (10, 4)),
+                                          ((4, 4), (7, 9))])
+def test_bicubic_reflect_pad_matches_interpolate_then_pad(hw, size):
+    from probe_lib.upsamplers.featup import bicubic_reflect_pad
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, *hw, requires_grad=True)
+    ref = F.pad(F.interpolate(x, size=size, mode="bicubic", align_corners=False), [3] * 4,
+                mode="reflect")
+    out = bicubic_reflect_pad(x, size)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), x)[0],
+                               torch.autograd.grad((ref * g).sum(), x)[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="reflect-padded"):
+        bicubic_reflect_pad(x, (2, 2))

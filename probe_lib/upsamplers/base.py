@@ -161,6 +161,18 @@ class PretrainedWeights:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Image-only intermediate results of one upsampler for one image batch and feature grid
+    (see :meth:`Upsampler.prepare_guidance`); ``data`` is the method's own business."""
+
+    method: str
+    image_shape: tuple[int, ...]
+    feats_hw: tuple[int, int]
+    training: bool
+    data: Any
+
+
 class Upsampler(nn.Module):
     """Base class: input checks, output-size policy, freezing and the checkpoint hooks.
 
@@ -215,7 +227,8 @@ class Upsampler(nn.Module):
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self, feats: torch.Tensor, image: torch.Tensor,
-                output_size: str | tuple[int, int] = "image") -> torch.Tensor:
+                output_size: str | tuple[int, int] = "image",
+                guidance: Guidance | None = None) -> torch.Tensor:
         """Upsample ``feats`` guided by ``image``.
 
         Args:
@@ -224,6 +237,9 @@ class Upsampler(nn.Module):
             output_size: ``"image"`` -> ``(B, C, H, W)`` (native output resized bilinearly with
                 align_corners=True when it differs); ``"native"`` -> the method's own grid
                 (SPEC §7.0); or an explicit ``(H_out, W_out)``. ``identity`` ignores it.
+            guidance: optional output of :meth:`prepare_guidance` for this ``image`` and feature
+                grid: the image-only part of the computation, reused instead of recomputed
+                (same result).
 
         Returns:
             ``(B, C, H_out, W_out)`` float features.
@@ -240,7 +256,9 @@ class Upsampler(nn.Module):
                 raise ValueError(f"output_size must be 'image', 'native' or (H, W) positive ints, "
                                  f"got {output_size!r}")
             size = tuple(output_size)
-        out = self.upsample(feats, image)
+        guide = self._usable_guidance(guidance, feats, image)
+        out = self.upsample(feats, image) if guide is None else \
+            self.upsample(feats, image, guidance=guide)
         if not self.resize_to_image or size is None:
             return out
         if tuple(out.shape[-2:]) != size:
@@ -248,8 +266,48 @@ class Upsampler(nn.Module):
         return out
 
     def upsample(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Method-specific: ``(B, C, h, w)`` -> ``(B, C, h', w')`` at the native grid."""
+        """Method-specific: ``(B, C, h, w)`` -> ``(B, C, h', w')`` at the native grid.
+
+        Methods that override :meth:`prepare_guidance` also accept ``guidance=`` (its ``data``).
+        """
         raise NotImplementedError
+
+    # -- image-only work, reusable across clicks ------------------------------------------------
+
+    def prepare_guidance(self, image: torch.Tensor, feats_hw: tuple[int, int]
+                         ) -> Guidance | None:
+        """The part of the forward pass that depends on the image alone (not on the features).
+
+        In interactive segmentation the image stays fixed while clicks change the features
+        (early injection) or are added after them; computing this part once per image and
+        passing it to :meth:`forward` as ``guidance=`` saves that work on every click and every
+        training-time click round. ``None`` (the default) means the method has no such part.
+        Computed without gradients: use it only while the upsampler is frozen.
+        """
+        return None
+
+    def _guidance(self, image: torch.Tensor, feats_hw: tuple[int, int], data: Any) -> Guidance:
+        return Guidance(self.name, tuple(image.shape), tuple(int(v) for v in feats_hw),
+                        self.training, data)
+
+    def _usable_guidance(self, guidance: Guidance | None, feats: torch.Tensor,
+                         image: torch.Tensor) -> Any:
+        if guidance is None:
+            return None
+        if not isinstance(guidance, Guidance):
+            raise ValueError(f"guidance must come from {self.name}.prepare_guidance(), got "
+                             f"{type(guidance).__name__}")
+        want = (self.name, tuple(image.shape), tuple(feats.shape[-2:]))
+        have = (guidance.method, guidance.image_shape, guidance.feats_hw)
+        if have != want:
+            raise ValueError(f"guidance was prepared for (method, image shape, feature grid) "
+                             f"{have}, this call has {want}")
+        if guidance.training != self.training:
+            return None  # prepared in the other train/eval mode (BatchNorm, dropout): recompute
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise ValueError(f"{self.name}: guidance holds no gradients; do not reuse it while "
+                             "training the upsampler itself (freeze it first)")
+        return guidance.data
 
     def native_size(self, feats_hw: tuple[int, int], image_hw: tuple[int, int]) -> tuple[int, int]:
         """Native output grid for a given feature and image size (override where it differs)."""

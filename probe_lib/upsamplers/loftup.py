@@ -239,42 +239,78 @@ class LoftUpNet(nn.Module):
             if explicit_kv is not None:
                 q, _ = attn.forward_explicit(q, explicit_kv)
             else:
-                chunks = [attn(qc, *kvs[i]) for qc in q.split(self.query_chunk, dim=1)]
-                q = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
+                chunks = q.split(self.query_chunk, dim=1)
+                if len(chunks) == 1:
+                    q = attn(q, *kvs[i])
+                elif torch.is_grad_enabled():
+                    q = torch.cat([attn(qc, *kvs[i]) for qc in chunks], dim=1)
+                else:  # no concatenation copy
+                    out, a = torch.empty_like(q), 0
+                    for qc in chunks:
+                        out[:, a:a + qc.shape[1]] = attn(qc, *kvs[i])
+                        a += qc.shape[1]
+                    q = out
             q = ff(q)
         return self.ca_transformer.norm(q)
 
-    def forward(self, lr_feats: torch.Tensor, image: torch.Tensor,
-                explicit: bool = False) -> torch.Tensor:
-        """lr_feats (B, C, h, w) (already ChannelNorm-ed), image (B, 3, H, W) (any affine colour
-        normalisation: the min-max scaling removes it). Returns (B, C, H, W).
+    def _band(self, hh: int) -> int:
+        # Bands of rows bound memory in eval mode. Two 3x3 convs see 2 rows each way, so a 2-row
+        # halo keeps interior rows exact; BatchNorm must then be per-pixel affine (eval mode),
+        # hence whole images in training mode.
+        return hh if (self.row_band is None or self.training) else max(1, int(self.row_band))
 
-        ``explicit=True`` runs the unchunked reference path (nn.MultiheadAttention with explicit
-        weights); memory then grows with H*W*h*w.
-        """
-        b, _, hh, ww = image.shape
-        kv = self.keys_values(lr_feats)
+    def stem(self, image: torch.Tensor) -> torch.Tensor:
+        """The query stem (Fourier features -> ``first_conv``) for the whole image,
+        (B, C + PE, H, W); it depends on the image only, so it can be reused across features."""
         inputs = self.query_inputs(image)
-        if explicit:
-            x = self._stem(inputs)
-            q = self._tokens_out(x.flatten(2).transpose(1, 2), None, explicit_kv=kv)
-            q = q.transpose(1, 2).reshape(b, -1, hh, ww)
-            return self.final_conv(q)
-        kvs = [layer[0].project_kv(kv) for layer in self.ca_transformer.layers]
-        band = hh if (self.row_band is None or self.training) else max(1, int(self.row_band))
+        hh = inputs.shape[-2]
+        band = self._band(hh)
+        cl = torch.channels_last  # pixels as rows of channels: the transformer's token layout
         if band >= hh:
-            x = self._stem(inputs)
-            q = self._tokens_out(x.flatten(2).transpose(1, 2), kvs)
-            return self.final_conv(q.transpose(1, 2).reshape(b, -1, hh, ww))
-        # Bands of rows with a 2-row halo: two 3x3 convs see 2 rows each way, so interior rows
-        # are exact; BatchNorm must be in eval mode (per-pixel affine), hence not in training.
+            return self._stem(inputs).contiguous(memory_format=cl)
         out = None
         for r0 in range(0, hh, band):
             r1 = min(hh, r0 + band)
             a0, a1 = max(0, r0 - 2), min(hh, r1 + 2)
             x = self._stem(inputs[:, :, a0:a1])[:, :, r0 - a0:r1 - a0]
+            if out is None:
+                out = x.new_empty(*x.shape[:2], hh, x.shape[-1]).contiguous(memory_format=cl)
+            out[:, :, r0:r1] = x
+        return out
+
+    def forward(self, lr_feats: torch.Tensor, image: torch.Tensor,
+                explicit: bool = False, stem: torch.Tensor | None = None) -> torch.Tensor:
+        """lr_feats (B, C, h, w) (already ChannelNorm-ed), image (B, 3, H, W) (any affine colour
+        normalisation: the min-max scaling removes it). Returns (B, C, H, W).
+
+        ``explicit=True`` runs the unchunked reference path (nn.MultiheadAttention with explicit
+        weights); memory then grows with H*W*h*w. ``stem``: :meth:`stem` of ``image`` when
+        already computed (the explicit path ignores it).
+        """
+        b, _, hh, ww = image.shape
+        kv = self.keys_values(lr_feats)
+        if explicit:
+            x = self._stem(self.query_inputs(image))
+            q = self._tokens_out(x.flatten(2).transpose(1, 2), None, explicit_kv=kv)
+            q = q.transpose(1, 2).reshape(b, -1, hh, ww)
+            return self.final_conv(q)
+        kvs = [layer[0].project_kv(kv) for layer in self.ca_transformer.layers]
+        inputs = self.query_inputs(image) if stem is None else None
+        band = self._band(hh)
+        out = None
+        for r0 in range(0, hh, band):
+            r1 = min(hh, r0 + band)
+            if stem is not None:
+                x = stem[:, :, r0:r1]
+            elif band >= hh:
+                x = self._stem(inputs)
+            else:
+                a0, a1 = max(0, r0 - 2), min(hh, r1 + 2)
+                x = self._stem(inputs[:, :, a0:a1])[:, :, r0 - a0:r1 - a0]
             q = self._tokens_out(x.flatten(2).transpose(1, 2), kvs)
             y = self.final_conv(q.transpose(1, 2).reshape(b, -1, r1 - r0, ww))
+            if band >= hh:
+                return y
             if out is None:
                 out = y.new_empty(b, y.shape[1], hh, ww)
             out[:, :, r0:r1] = y
@@ -384,11 +420,20 @@ class LoftUp(Upsampler):
     def minmax_scope(self) -> str:
         return self.upsampler.minmax_scope
 
-    def upsample(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.upsampler(self.channelnorm(feats), imagenet_normalize(image))
+    def upsample(self, feats: torch.Tensor, image: torch.Tensor,
+                 guidance: torch.Tensor | None = None) -> torch.Tensor:
+        return self.upsampler(self.channelnorm(feats), imagenet_normalize(image), stem=guidance)
+
+    def prepare_guidance(self, image, feats_hw):
+        """The query stem (Fourier features and two 3x3 convs at full resolution, about half of
+        the forward cost) depends on the image only. With ``minmax_scope="batch"`` it also
+        depends on the batch composition, so it is valid for exactly this ``image`` batch."""
+        with torch.no_grad():
+            return self._guidance(image, feats_hw, self.upsampler.stem(imagenet_normalize(image)))
 
     def forward(self, feats: torch.Tensor, image: torch.Tensor,
-                output_size: str | tuple[int, int] = "image") -> torch.Tensor:
+                output_size: str | tuple[int, int] = "image",
+                guidance=None) -> torch.Tensor:
         """feats (B, C, h, w), image (B, 3, H, W) RGB in [0, 1] -> (B, C, H, W).
 
         LoftUp's native grid is the guidance size, so ``"image"`` and ``"native"`` agree; an
@@ -398,11 +443,14 @@ class LoftUp(Upsampler):
         if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(
                 isinstance(s, int) and s > 0 for s in output_size) and \
                 tuple(output_size) != tuple(image.shape[-2:]):
+            if guidance is not None:
+                raise ValueError("guidance cannot be combined with an explicit output_size "
+                                 "(the guidance image is resized); prepare it at that size")
             self.check_inputs(feats, image)
             image = F.interpolate(image, size=tuple(output_size), mode="bilinear",
                                   align_corners=False)
             return self.upsample(feats, image)
-        return super().forward(feats, image, output_size)
+        return super().forward(feats, image, output_size, guidance=guidance)
 
     def forward_explicit(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Unchunked reference path (explicit attention weights; memory ~ H*W*h*w)."""
