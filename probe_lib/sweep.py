@@ -104,6 +104,7 @@ def _execute(stem: str, out_path: Path, parameters: dict, log) -> float:
     src = notebooks_dir() / f"{stem}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"notebook {src} not found")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log(f"  running {stem} {parameters}")
     papermill.execute_notebook(str(src), str(out_path), parameters=parameters,
