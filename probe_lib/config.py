@@ -136,7 +136,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
     "small": {
         # SPEC §10: 112² input (8×8 tokens), lean head, ≤100 images × 2 epochs, ≤20 instances ×
-        # 10 clicks, no flip TTA, upsampler training ≤50 steps at 112².
+        # 10 clicks, no flip TTA, upsampler training ≤50 steps at 112². (64 images were tried to
+        # save time: the probes then learned next to nothing; docs/evaluation.md.)
         "probe": {"image_size": 112, "head": "lean_conv", "channels_last": True},
         "train": {"epochs": 2, "num_images": 100, "lr": 1e-3, "lr_milestones": (2,),
                   "val_samples": 20, "num_workers": 0, "batch_size": 8},
