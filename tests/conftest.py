@@ -18,8 +18,8 @@ _session_tmp = Path(tempfile.mkdtemp(prefix="probe_lib_tests_"))
 os.environ["PROBE_LIB_CACHE"] = os.environ.get("PROBE_TEST_CACHE", str(_session_tmp / "cache"))
 os.environ["PROBE_LIB_DATA"] = os.environ.get("PROBE_TEST_DATA", str(_session_tmp / "data"))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -1,10 +1,11 @@
 """Config presets, overrides and the environment.yml / pyproject.toml agreement."""
 
+import dataclasses
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from probe_lib.config import Config, make_config, presets
 from probe_lib.utils import cache_dir, checkpoint_path, data_root
@@ -24,7 +25,7 @@ def test_presets_differ_where_spec_says():
 
 def test_config_is_frozen():
     cfg = make_config("small")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.probe.head = "linear"
 
 
