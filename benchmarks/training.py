@@ -8,8 +8,9 @@ One *step* = encode the batch (frozen backbone [+ upsampler]) + the gradient for
 the trainable parts + Adam, without the iterative-click rounds; those add on average 1.5 no-grad
 forwards per step (num_iters ~ U{0..3}), reported as ``step+clicks``. With ``early`` injection the
 backbone runs *with* autograd (gradients reach the click tokens through all ViT blocks) and is
-re-run in every click round; with the late modes it runs once per batch without autograd and is
-reused by the click rounds (as ``probe_lib.train`` does).
+re-run in every click round (only the upsampler's image-only part is reused); with the late modes
+it runs once per batch without autograd and is reused by the click rounds (as ``probe_lib.train``
+does).
 
 Weights do not change the cost: the backbone and learned upsamplers use random weights here.
 Writes ``benchmarks/results/training.md`` and ``results_root()/benchmarks/training.json``.
@@ -102,10 +103,9 @@ def bench(probe, b: int, size: int, device, repeats: int) -> dict[str, float]:
     cache = probe.encode_image(image)
     probe.eval()
 
-    def click_round():
+    def click_round():  # as probe_lib.train: the cache of the step's batch is reused
         with torch.no_grad():
-            c = cache if probe.injection != "early" else probe.encode_image(image)
-            probe.forward_cached(c, prev, points)
+            probe.forward_cached(cache, prev, points)
 
     out["click_round"] = _timed(click_round, repeats, sync)
     probe.train()

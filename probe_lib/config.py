@@ -123,7 +123,8 @@ class Config:
         overrides = {}
         for sec, values in d.items():
             if not isinstance(values, dict):
-                raise ValueError(f"config entry {sec!r} should be a section dict, got {values!r}")
+                raise ValueError(  # noqa: TRY004
+                    f"config entry {sec!r} should be a section dict, got {values!r}")
             for k, v in values.items():
                 overrides[f"{sec}__{k}"] = v
         return make_config(preset, **overrides)

@@ -121,7 +121,8 @@ def environment_info() -> dict[str, str]:
 def check_image_batch(image: torch.Tensor, name: str = "image") -> None:
     """Raise a ValueError unless ``image`` is a (B, 3, H, W) float tensor."""
     if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+        raise ValueError(  # noqa: TRY004
+            f"{name} must be a torch.Tensor, got {type(image).__name__}")
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"{name} must have shape (B, 3, H, W) with RGB in [0, 1], "
                          f"got {tuple(image.shape)}")

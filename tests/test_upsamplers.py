@@ -182,6 +182,9 @@ def test_prepared_guidance_gives_the_same_output(name, tiny_backbone):
         up(other_feats, other_image, guidance=guide)
     with pytest.raises(ValueError, match="prepare_guidance"):
         up(feats, image, guidance=guide.data)
+    with pytest.raises(ValueError, match="another image"):
+        up(feats, image.flip(-1), guidance=guide)
+    torch.testing.assert_close(up(feats, image.clone(), guidance=guide), out)  # same pixels
     # another train/eval mode: recomputed, not reused
     assert up._usable_guidance(guide, feats, image) is not None
     trainable = make(name, tiny_backbone, trainable=True)

@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,7 @@ class Guidance:
     feats_hw: tuple[int, int]
     training: bool
     data: Any
+    image: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 class Upsampler(nn.Module):
@@ -288,20 +289,24 @@ class Upsampler(nn.Module):
 
     def _guidance(self, image: torch.Tensor, feats_hw: tuple[int, int], data: Any) -> Guidance:
         return Guidance(self.name, tuple(image.shape), tuple(int(v) for v in feats_hw),
-                        self.training, data)
+                        self.training, data, image=image)
 
     def _usable_guidance(self, guidance: Guidance | None, feats: torch.Tensor,
                          image: torch.Tensor) -> Any:
         if guidance is None:
             return None
         if not isinstance(guidance, Guidance):
-            raise ValueError(f"guidance must come from {self.name}.prepare_guidance(), got "
-                             f"{type(guidance).__name__}")
+            raise ValueError(  # noqa: TRY004 - bad input is a ValueError here
+                f"guidance must come from {self.name}.prepare_guidance(), got "
+                f"{type(guidance).__name__}")
         want = (self.name, tuple(image.shape), tuple(feats.shape[-2:]))
         have = (guidance.method, guidance.image_shape, guidance.feats_hw)
         if have != want:
             raise ValueError(f"guidance was prepared for (method, image shape, feature grid) "
                              f"{have}, this call has {want}")
+        if guidance.image is not None and guidance.image is not image and \
+                not torch.equal(guidance.image, image):
+            raise ValueError("guidance was prepared for another image (same shape, other pixels)")
         if guidance.training != self.training:
             return None  # prepared in the other train/eval mode (BatchNorm, dropout): recompute
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
