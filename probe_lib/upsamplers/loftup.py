@@ -239,17 +239,8 @@ class LoftUpNet(nn.Module):
             if explicit_kv is not None:
                 q, _ = attn.forward_explicit(q, explicit_kv)
             else:
-                chunks = q.split(self.query_chunk, dim=1)
-                if len(chunks) == 1:
-                    q = attn(q, *kvs[i])
-                elif torch.is_grad_enabled():
-                    q = torch.cat([attn(qc, *kvs[i]) for qc in chunks], dim=1)
-                else:  # no concatenation copy
-                    out, a = torch.empty_like(q), 0
-                    for qc in chunks:
-                        out[:, a:a + qc.shape[1]] = attn(qc, *kvs[i])
-                        a += qc.shape[1]
-                    q = out
+                chunks = [attn(qc, *kvs[i]) for qc in q.split(self.query_chunk, dim=1)]
+                q = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
             q = ff(q)
         return self.ca_transformer.norm(q)
 
@@ -258,6 +249,12 @@ class LoftUpNet(nn.Module):
         # halo keeps interior rows exact; BatchNorm must then be per-pixel affine (eval mode),
         # hence whole images in training mode.
         return hh if (self.row_band is None or self.training) else max(1, int(self.row_band))
+
+    def _stem_rows(self, inputs: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """Stem output rows r0:r1, computed on those rows plus the 2-row halo the convs need."""
+        hh = inputs.shape[-2]
+        a0, a1 = max(0, r0 - 2), min(hh, r1 + 2)
+        return self._stem(inputs[:, :, a0:a1])[:, :, r0 - a0:r1 - a0]
 
     def stem(self, image: torch.Tensor) -> torch.Tensor:
         """The query stem (Fourier features -> ``first_conv``) for the whole image,
@@ -271,8 +268,7 @@ class LoftUpNet(nn.Module):
         out = None
         for r0 in range(0, hh, band):
             r1 = min(hh, r0 + band)
-            a0, a1 = max(0, r0 - 2), min(hh, r1 + 2)
-            x = self._stem(inputs[:, :, a0:a1])[:, :, r0 - a0:r1 - a0]
+            x = self._stem_rows(inputs, r0, r1)
             if out is None:
                 out = x.new_empty(*x.shape[:2], hh, x.shape[-1]).contiguous(memory_format=cl)
             out[:, :, r0:r1] = x
@@ -305,8 +301,7 @@ class LoftUpNet(nn.Module):
             elif band >= hh:
                 x = self._stem(inputs)
             else:
-                a0, a1 = max(0, r0 - 2), min(hh, r1 + 2)
-                x = self._stem(inputs[:, :, a0:a1])[:, :, r0 - a0:r1 - a0]
+                x = self._stem_rows(inputs, r0, r1)
             q = self._tokens_out(x.flatten(2).transpose(1, 2), kvs)
             y = self.final_conv(q.transpose(1, 2).reshape(b, -1, r1 - r0, ww))
             if band >= hh:
@@ -329,8 +324,7 @@ class LoftUpNet(nn.Module):
             raise ValueError(f"(row, col)=({row}, {col}) outside the image of size {hh}x{ww}")
         kv = self.keys_values(lr_feats)
         inputs = self.query_inputs(image)
-        a0, a1 = max(0, row - 2), min(hh, row + 3)
-        x = self._stem(inputs[:, :, a0:a1])[:, :, row - a0, col]
+        x = self._stem_rows(inputs, row, row + 1)[:, :, 0, col]
         q = x.unsqueeze(1)
         for i, (attn, ff) in enumerate(self.ca_transformer.layers):
             q_new, weights = attn.forward_explicit(q, kv)
