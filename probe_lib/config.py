@@ -61,6 +61,9 @@ class ProbeConfig:
     image_size: int = 224  # network input side (multiple of the backbone patch size)
     click_radius: int = 5
     channels_last: bool = False
+    # precision of the frozen upsampler: "fp32" (reference) | "bf16" | "auto" (CPU self-benchmark,
+    # probe_lib.upsamplers.precision)
+    upsampler_precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # SPEC §10: 112² input (8×8 tokens), lean head, ≤100 images × 2 epochs, ≤20 instances ×
         # 10 clicks, no flip TTA, upsampler training ≤50 steps at 112². (64 images were tried to
         # save time: the probes then learned next to nothing; docs/evaluation.md.)
-        "probe": {"image_size": 112, "head": "lean_conv", "channels_last": True},
+        "probe": {"image_size": 112, "head": "lean_conv", "channels_last": True,
+                  "upsampler_precision": "auto"},
         "train": {"epochs": 2, "num_images": 100, "lr": 1e-3, "lr_milestones": (2,),
                   "val_samples": 20, "num_workers": 0, "batch_size": 8},
         "eval": {"max_clicks": 10, "flip": False, "target_size": 112, "num_instances": 20,

@@ -264,6 +264,8 @@ class EvalResult:
     num_clicks: int
     skipped: int = 0
     settings: dict = field(default_factory=dict)
+    # the frozen upsampler's precision (ISProbe.precision_choice), e.g. bf16 by self-benchmark
+    upsampler_precision: dict | None = None
 
     def metrics(self, n_boot: int = 1000, seed: int = 0) -> dict:
         """SPEC §5.3 metrics (see :func:`probe_lib.metrics.summarize`)."""
@@ -382,7 +384,12 @@ def evaluate_dataset(model: Any, dataset: Any, *, protocol: str = "isegprobe_fix
     return EvalResult(dataset=name, protocol=protocol, ious=np.stack(all_ious), names=names,
                       clicks=all_clicks, seconds_per_click=spent / num_clicks,
                       num_encodes=predictor.num_encodes, num_clicks=num_clicks, skipped=skipped,
-                      settings=settings)
+                      settings=settings, upsampler_precision=_precision_used(predictor.model))
+
+
+def _precision_used(model: Any) -> dict | None:
+    choice = getattr(model, "precision_choice", None)
+    return choice.to_dict() if choice is not None else None
 
 
 def evaluate_config(model: Any, cfg, dataset: Any, dataset_name: str | None = None,
@@ -468,7 +475,8 @@ def save_result(result: EvalResult, out_dir: str | Path, cfg=None, meta: dict | 
     doc = {"dataset": result.dataset, "protocol": result.protocol,
            "metrics": result.metrics(n_boot=n_boot), "settings": result.settings,
            "num_encodes": result.num_encodes, "num_clicks": result.num_clicks,
-           "skipped": result.skipped, "config": cfg.to_dict() if cfg is not None else None,
+           "skipped": result.skipped, "upsampler_precision": result.upsampler_precision,
+           "config": cfg.to_dict() if cfg is not None else None,
            "meta": meta or {}, "environment": environment_info()}
     atomic_write_json(doc, out_dir / f"{result.dataset}_metrics.json")
     return doc

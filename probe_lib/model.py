@@ -37,6 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from probe_lib.clicks import click_maps
+from probe_lib.upsamplers.precision import (
+    PrecisionChoice,
+    check_precision,
+    choose_precision,
+    lowered_copy,
+    lowered_inputs,
+)
 from probe_lib.utils import atomic_torch_save, check_image_batch
 
 __all__ = [
@@ -263,11 +270,15 @@ class ISProbe(nn.Module):
         click_encoder, injection, head: names (see the module docstring).
         click_radius: disk radius of the click maps in input pixels (5).
         channels_last: run the head in channels_last memory format (much faster on CPU).
+        upsampler_precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (CPU self-benchmark, decided
+            at the first forward pass): the precision of the frozen upsampler only, which then
+            runs as a lowered copy; its output is cast back to float32
+            (:mod:`probe_lib.upsamplers.precision`). ``precision_choice`` tells what was used.
     """
 
     def __init__(self, backbone: nn.Module, upsampler: nn.Module, click_encoder: str = "patch_embed",
                  injection: str = "early", head: str = "convhead", click_radius: float = 5,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, upsampler_precision: str = "fp32") -> None:
         super().__init__()
         self.injection = _check_choice(injection, INJECTIONS, "injection")
         self.click_encoder_name = _check_choice(click_encoder, CLICK_ENCODERS, "click encoder")
@@ -282,6 +293,10 @@ class ISProbe(nn.Module):
         self.embed_dim = dim
         self.click_radius = click_radius
         self.channels_last = channels_last
+        self.upsampler_precision = check_precision(upsampler_precision)
+        self.precision_choice: PrecisionChoice | None = None
+        self._lowered: nn.Module | None = None  # not a submodule: no state_dict entries
+        self._lowered_device: torch.device | None = None
         self.embed_coords = (None if injection == "none"
                              else build_click_encoder(click_encoder, dim, self.patch_size))
         self.head = build_head(head, dim)
@@ -351,9 +366,11 @@ class ISProbe(nn.Module):
             if self.injection in ("early", "late_lowres"):
                 # the upsampler re-runs every click: keep its image-only part (JBU kernels,
                 # LoftUp's query stem), exact reuse
-                prepare = getattr(self.upsampler, "prepare_guidance", None)
+                up, dtype = self._compute_upsampler(image)
+                prepare = getattr(up, "prepare_guidance", None)
                 grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
-                guide = prepare(image, grid) if prepare is not None else None
+                img = lowered_inputs(up, image, image, dtype)[1]
+                guide = prepare(img, grid) if prepare is not None else None
                 if guide is not None:
                     cache["guide"] = guide
             if self.injection == "early":
@@ -364,10 +381,34 @@ class ISProbe(nn.Module):
                 cache["hr"] = self._upsample(feats, image)
         return cache
 
+    def _compute_upsampler(self, image: torch.Tensor) -> tuple[nn.Module, torch.dtype]:
+        """The module that runs the frozen upsampler and its input dtype (float32: the
+        upsampler itself; bf16: a lowered copy, made at first use and kept in its train/eval
+        mode)."""
+        if self.precision_choice is None:
+            sample = image[:2]  # "auto" benchmarks on real inputs: two images, their features
+            with torch.no_grad():
+                feats = self.backbone(sample) if self.upsampler_precision == "auto" else None
+            self.precision_choice = choose_precision(
+                self.upsampler, self.upsampler_precision, feats=feats, image=sample)
+        dtype = self.precision_choice.dtype
+        if dtype == torch.float32:
+            return self.upsampler, dtype
+        if self._lowered is None or self._lowered_device != image.device:
+            object.__setattr__(self, "_lowered", lowered_copy(self.upsampler, dtype).to(
+                image.device))
+            self._lowered_device = image.device
+        self._lowered.train(self.upsampler.training)
+        return self._lowered, dtype
+
     def _upsample(self, feats: torch.Tensor, image: torch.Tensor,
                   guide: Any = None) -> torch.Tensor:
-        hr = self.upsampler(feats, image) if guide is None else \
-            self.upsampler(feats, image, guidance=guide)
+        up, dtype = self._compute_upsampler(image)
+        if dtype == torch.float32:
+            hr = up(feats, image) if guide is None else up(feats, image, guidance=guide)
+        else:
+            f, img = lowered_inputs(up, feats, image, dtype)
+            hr = (up(f, img) if guide is None else up(f, img, guidance=guide)).float()
         if getattr(self.upsampler, "resize_to_image", True):
             hr = _resize(hr, tuple(image.shape[-2:]))  # SPEC §1 step 6
         return hr
@@ -455,7 +496,8 @@ def build_probe(cfg, backbone: nn.Module | None = None, upsampler: nn.Module | N
         raise ValueError(f"upsampler {upsampler.name!r} differs from the config's "
                          f"upsampler.name={cfg.upsampler.name!r}")
     return ISProbe(backbone, upsampler, click_encoder=pc.click_encoder, injection=pc.injection,
-                   head=pc.head, click_radius=pc.click_radius, channels_last=pc.channels_last)
+                   head=pc.head, click_radius=pc.click_radius, channels_last=pc.channels_last,
+                   upsampler_precision=pc.upsampler_precision)
 
 
 def _frozen_info(probe: ISProbe) -> dict[str, Any]:

@@ -549,6 +549,8 @@ def train_probe(
             if val_set is not None:
                 record.update(validate(model, val_set, tc.val_samples, device))
             history["epochs"].append(record)
+            if model.precision_choice is not None:  # e.g. bf16 chosen by self-benchmark
+                history["upsampler_precision"] = model.precision_choice.to_dict()
             if progress:
                 print(f"[probe_lib] epoch {epoch + 1}/{tc.epochs}: "
                       + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

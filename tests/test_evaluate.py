@@ -313,4 +313,5 @@ def test_real_probe_reuse_is_exact(injection):
     b = evaluate_dataset(probe, ds, reuse_features=False, **kw)
     np.testing.assert_array_equal(a.ious, b.ious)
     assert [c for c in a.clicks] == [c for c in b.clicks]
+    assert a.upsampler_precision["precision"] == "fp32"  # recorded; bilinear has no bf16 copy
     assert b.num_encodes == 6 and a.num_encodes < 6  # shared first-click region of the image

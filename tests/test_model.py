@@ -32,7 +32,7 @@ def backbone():
 def cfg_for(**kw):
     base = {"backbone__name": "test_tiny", "backbone__weights": "random",
             "upsampler__weights": "random", "upsampler__name": "bilinear", "head": "lean_conv",
-            "image_size": S}
+            "image_size": S, "upsampler_precision": "fp32"}  # exactness checks: no bf16 copy
     base.update(kw)
     return make_config("small", **base)
 

@@ -147,10 +147,12 @@ def _perturbed(**kw):
     return m
 
 
+@pytest.mark.parametrize("path", ["sdpa", "folded"])
 @pytest.mark.parametrize("b", [1, 2])
-def test_chunked_equals_explicit(b):
+def test_chunked_equals_explicit(b, path):
     torch.manual_seed(0)
     m = _perturbed(query_chunk=97, row_band=7)  # uneven chunks and bands
+    m.upsampler.attention_path = path
     lr, img = _inputs(b=b)
     with torch.no_grad():
         fast = m(lr, img)
@@ -165,6 +167,7 @@ def test_chunked_equals_explicit(b):
 
 def test_chunked_path_never_builds_the_full_matrix(monkeypatch):
     m = _perturbed(query_chunk=64, row_band=5)
+    m.upsampler.attention_path = "sdpa"
     lr, img = _inputs(hh=20, ww=24)
     seen = []
     real = F.scaled_dot_product_attention
@@ -183,6 +186,71 @@ def test_chunked_path_never_builds_the_full_matrix(monkeypatch):
     assert seen and max(q for q, _ in seen) <= 64
     assert all(k == 20 for _, k in seen)
     assert sum(q for q, _ in seen) == 2 * 20 * 24  # every query exactly once per layer
+
+
+def test_auto_attention_path_follows_the_multiply_add_count(monkeypatch):
+    """auto folds the projections when heads*h*w < width + h*w (4*64 < 404+64 at 8x8 tokens)
+    and uses SDPA otherwise (4*256 > 404+256 at 16x16); the folded path calls neither SDPA nor
+    the explicit attention, and an unknown path is a clear error."""
+    m = _perturbed()
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(L.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    folded = []
+    real_fold = L.CrossAttention.forward_folded
+    monkeypatch.setattr(L.CrossAttention, "forward_folded",
+                        lambda self, *a: folded.append(1) or real_fold(self, *a))
+    with torch.no_grad():
+        m(*_inputs(h=8, w=8, hh=16, ww=16))
+        assert folded and not calls
+        folded.clear()
+        m(*_inputs(h=16, w=16, hh=32, ww=32))
+        assert calls and not folded
+    m.upsampler.attention_path = "fast"
+    with pytest.raises(ValueError, match="attention_path"):
+        m(*_inputs())
+
+
+def test_folded_gradients_match_sdpa():
+    """Early injection back-propagates through the frozen LoftUp into the low-res features:
+    the folded path gives the same input gradients as the SDPA path."""
+    m = _perturbed()
+    lr, img = _inputs(b=2, h=3, w=4, hh=15, ww=20)
+    grads = {}
+    for path in ("folded", "sdpa"):
+        m.upsampler.attention_path = path
+        x = lr.clone().requires_grad_(True)
+        (m(x, img) * torch.linspace(-1, 1, 384).view(1, -1, 1, 1)).sum().backward()
+        grads[path] = x.grad
+    assert grads["sdpa"].abs().sum() > 0
+    rel = (grads["folded"] - grads["sdpa"]).norm() / grads["sdpa"].norm()
+    assert rel < 1e-5, rel  # float32 rounding only (the maximum element differs by ~1e-6 rel.)
+
+
+def test_lowered_copy_keeps_fourier_arguments_in_float32():
+    """bf16 copies (probe_lib.upsamplers.precision) keep the Fourier multipliers exact and form
+    the arguments in float32; the output is bf16 and close to float32."""
+    m = _perturbed()
+    low = create_upsampler("loftup")
+    low.load_state_dict(m.state_dict())
+    low = low.to(torch.bfloat16)
+    ff = low.upsampler.fourier_feat[1]
+    assert ff.freqs.dtype == torch.float32
+    assert ff.freqs[-1].item() == pytest.approx(math.exp(10.0), rel=1e-6)
+    lr, img = _inputs(h=8, w=8, hh=32, ww=32)
+    x = torch.rand(1, 5, 3, 4).bfloat16()
+    ref = L.fourier_features(x.float(), ff.freqs, ff.biases.float())
+    got = L.fourier_features(x, ff.freqs, ff.biases)
+    assert got.dtype == torch.bfloat16
+    # same values in, float32 arithmetic: only the final cast to bf16 rounds (|sin| <= 1)
+    torch.testing.assert_close(got.float(), ref, rtol=0, atol=1 / 128)
+    assert low.float32_image  # the image is not lowered (see precision.lowered_inputs)
+    with torch.no_grad():
+        out = low(lr.bfloat16(), img)
+        ref_out = m(lr, img)
+    assert out.dtype == torch.bfloat16
+    assert float((out.float() - ref_out).norm() / ref_out.norm()) < 0.03  # 0.5 with a bf16 image
 
 
 def test_training_mode_gradients_and_exactness():

@@ -117,16 +117,21 @@ def fourier_features(x: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor)
             ``(D, K)`` table, *not* a transpose (SPEC §9 pitfall 5; matters for strict loading).
 
     Returns:
-        ``(B, 2 * K * D, H, W)``: ``[sin (K*D), cos (K*D)]``.
+        ``(B, 2 * K * D, H, W)``: ``[sin (K*D), cos (K*D)]`` in the dtype of ``x``.
+
+    The arguments are always formed in float32: with multipliers up to e^10 a bf16 input (3
+    significant digits) would turn the high-frequency channels into noise.
     """
     b, d, h, w = x.shape
     k = freqs.numel()
     if phases.shape != (2, d, k):
         raise ValueError(f"phases must have shape (2, {d}, {k}), got {tuple(phases.shape)}")
-    arg = (x.unsqueeze(1) * freqs.view(1, k, 1, 1, 1).to(x)).reshape(b, k * d, h, w)
-    ps = phases[0].reshape(1, k * d, 1, 1)
-    pc = phases[1].reshape(1, k * d, 1, 1)
-    return torch.cat([torch.sin(arg + ps), torch.cos(arg + pc)], dim=1)
+    f32 = torch.float32
+    arg = (x.to(f32).unsqueeze(1) * freqs.view(1, k, 1, 1, 1).to(x.device, f32))
+    arg = arg.reshape(b, k * d, h, w)
+    ps = phases[0].reshape(1, k * d, 1, 1).to(f32)
+    pc = phases[1].reshape(1, k * d, 1, 1).to(f32)
+    return torch.cat([torch.sin(arg + ps), torch.cos(arg + pc)], dim=1).to(x.dtype)
 
 
 def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,11 @@ Memory: the reference computes attention with explicit weights (heads x H*W x h*
 for 32x32 -> 448x448). Here the high-res map is processed in bands of rows (the 3x3 stem gets a
 2-row halo so the result is exact) and each band's queries in chunks through
 ``F.scaled_dot_product_attention``, so peak memory is the output plus one band, linear in H*W.
+
+Speed: with few low-res tokens (heads x h*w < width + h*w, e.g. 8x8 tokens at 112 px) the query
+and output projections are folded into per-image key/value matrices (:meth:`CrossAttention.fold`),
+which is fewer multiply-adds per high-res pixel than projecting every query; exact up to float
+rounding, and the scores then take heads x h*w floats per pixel, about one more activation.
 """
 
 from __future__ import annotations
@@ -86,8 +91,12 @@ class FourierFeatures(nn.Module):
         self.num_freqs = num_freqs
         self.append_from = append_from
         self.biases = nn.Parameter(torch.randn(2, in_dim, num_freqs))
-        self.register_buffer("freqs", torch.exp(torch.linspace(-2.0, 10.0, num_freqs)),
-                             persistent=False)
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        """(K,) float32 multipliers, made on the fly: they must not be lowered with the module."""
+        return torch.exp(torch.linspace(-2.0, 10.0, self.num_freqs,
+                                        device=self.biases.device))
 
     @property
     def out_dim(self) -> int:
@@ -95,6 +104,7 @@ class FourierFeatures(nn.Module):
         return 2 * self.in_dim * self.num_freqs + extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, D, H, W) -> (B, out_dim, H, W) in the dtype of x (arguments in float32)."""
         out = fourier_features(x, self.freqs, self.biases)
         if self.append_from is not None:
             out = torch.cat([out, x[:, self.append_from:]], dim=1)
@@ -144,6 +154,33 @@ class CrossAttention(nn.Module):
         out = out.transpose(1, 2).reshape(q.shape)
         return q + self.attention.out_proj(out)
 
+    def fold(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fold the query and output projections into the keys and values of ``kv`` (B, N, D).
+
+        Per head h: ``scale * (x Wq_h + bq_h) k_h^T = x (scale Wq_h k_h^T) + scale bq_h k_h^T`` and
+        ``sum_h P_h v_h Wo_h = [P_1 .. P_H] [v_1 Wo_1; ..; v_H Wo_H]``. Returns
+        ``A`` (B, D, heads*N), ``c`` (B, 1, heads*N) and ``Vo`` (B, heads*N, D) for
+        :meth:`forward_folded`.
+        """
+        b, n, d = kv.shape
+        heads = self.num_heads
+        dh = d // heads
+        k, v = self.project_kv(kv)  # (B, heads, N, dh)
+        w, bias = self.attention.in_proj_weight, self.attention.in_proj_bias
+        scale = dh ** -0.5
+        a = torch.einsum("hed,bhne->bdhn", w[:d].view(heads, dh, d), k) * scale
+        c = torch.einsum("he,bhne->bhn", bias[:d].view(heads, dh), k) * scale
+        vo = torch.einsum("bhne,ohe->bhno", v, self.attention.out_proj.weight.view(d, heads, dh))
+        return a.reshape(b, d, heads * n), c.reshape(b, 1, heads * n), vo.reshape(b, heads * n, d)
+
+    def forward_folded(self, q: torch.Tensor, folded) -> torch.Tensor:
+        """Same as :meth:`forward` with ``folded = self.fold(kv)``; q (B, M, D) contiguous."""
+        a, c, vo = folded
+        scores = torch.baddbmm(c, self.norm_q(q), a)  # (B, M, heads*N)
+        b, m, hn = scores.shape
+        p = scores.view(b, m, self.num_heads, hn // self.num_heads).softmax(-1).view(b, m, hn)
+        return torch.baddbmm(q, p, vo) + self.attention.out_proj.bias
+
     def forward_explicit(self, q: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor,
                                                                              torch.Tensor]:
         """Reference path: nn.MultiheadAttention with explicit weights (sequence-first).
@@ -188,7 +225,14 @@ class LoftUpNet(nn.Module):
         minmax_scope: ``"batch"`` (reference) or ``"sample"`` (see :func:`minmax_scale`).
         query_chunk: queries per attention call; memory per call is heads x chunk x h*w.
         row_band: high-res rows processed at once (``None`` = all); bounds the stem's memory.
+
+    Attribute ``attention_path``: ``"auto"`` (default: ``"folded"`` when
+    heads x h*w < width + h*w, fewer multiply-adds per pixel, else ``"sdpa"``), ``"folded"``
+    (:meth:`CrossAttention.forward_folded`) or ``"sdpa"`` (chunked
+    ``F.scaled_dot_product_attention``). All three give the same result up to float rounding.
     """
+
+    ATTENTION_PATHS = ("auto", "folded", "sdpa")
 
     def __init__(self, dim: int = 384, num_freqs: int = 20, num_heads: int = 4, depth: int = 2,
                  lr_pe_freqs: int = 5, minmax_scope: str = "batch", query_chunk: int = 4096,
@@ -200,6 +244,7 @@ class LoftUpNet(nn.Module):
         self.minmax_scope = minmax_scope
         self.query_chunk = int(query_chunk)
         self.row_band = row_band
+        self.attention_path = "auto"
         n_pe = 2 * 2 * lr_pe_freqs
         width = dim + n_pe
         if width % num_heads:
@@ -220,29 +265,51 @@ class LoftUpNet(nn.Module):
     def keys_values(self, lr_feats: torch.Tensor) -> torch.Tensor:
         """lr_feats (B, C, h, w) -> tokens (B, h*w, C + PE) row-major."""
         b, _, h, w = lr_feats.shape
-        pe = self.lr_pe(coordinate_grid(h, w, lr_feats.device, lr_feats.dtype).unsqueeze(0))
+        pe = self.lr_pe(coordinate_grid(h, w, lr_feats.device).unsqueeze(0)).to(lr_feats.dtype)
         kv = torch.cat([lr_feats, pe.expand(b, -1, -1, -1)], dim=1)
         return kv.flatten(2).transpose(1, 2)
 
     def query_inputs(self, image: torch.Tensor) -> torch.Tensor:
-        """image (B, 3, H, W) -> [row, col, scaled r, g, b] (B, 5, H, W)."""
+        """image (B, 3, H, W) -> [row, col, scaled r, g, b] (B, 5, H, W), always float32 (the
+        Fourier features multiply them by up to e^10)."""
         b, _, h, w = image.shape
-        grid = coordinate_grid(h, w, image.device, image.dtype).unsqueeze(0).expand(b, -1, -1, -1)
-        return torch.cat([grid, minmax_scale(image, self.minmax_scope)], dim=1)
+        grid = coordinate_grid(h, w, image.device).unsqueeze(0).expand(b, -1, -1, -1)
+        return torch.cat([grid, minmax_scale(image.float(), self.minmax_scope)], dim=1)
 
     def _stem(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.first_conv(self.fourier_feat(inputs))
+        ff = self.fourier_feat(inputs)  # float32
+        return self.first_conv(ff.to(self.first_conv[1].weight.dtype))
 
-    def _tokens_out(self, q: torch.Tensor, kvs, explicit_kv=None):
-        # q: (B, M, width) -> (B, M, width) after the transformer
+    def _tokens_out(self, q: torch.Tensor, kvs, explicit_kv=None) -> torch.Tensor:
+        """q (B, M, width) stem tokens -> (B, M, dim) output tokens (the transformer, then
+        ``final_conv`` as a per-token linear map and LayerNorm). ``kvs``: :meth:`_attention_inputs`."""
+        folded = kvs is not None and kvs[0] == "folded"
         for i, (attn, ff) in enumerate(self.ca_transformer.layers):
             if explicit_kv is not None:
                 q, _ = attn.forward_explicit(q, explicit_kv)
+            elif folded:
+                q = attn.forward_folded(q, kvs[1][i])
             else:
-                chunks = [attn(qc, *kvs[i]) for qc in q.split(self.query_chunk, dim=1)]
+                chunks = [attn(qc, *kvs[1][i]) for qc in q.split(self.query_chunk, dim=1)]
                 q = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
             q = ff(q)
-        return self.ca_transformer.norm(q)
+        q = self.ca_transformer.norm(q)
+        conv, norm = self.final_conv
+        q = F.linear(q, conv.weight.flatten(1), conv.bias)  # the 1x1 conv
+        return F.layer_norm(q, (q.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+    def _attention_inputs(self, kv: torch.Tensor):
+        n, width = kv.shape[1:]
+        path = self.attention_path
+        if path not in self.ATTENTION_PATHS:
+            raise ValueError(f"attention_path must be one of {self.ATTENTION_PATHS}, got {path!r}")
+        if path == "auto":
+            heads = self.ca_transformer.layers[0][0].num_heads
+            path = "folded" if heads * n < width + n else "sdpa"
+        layers = [layer[0] for layer in self.ca_transformer.layers]
+        if path == "folded":
+            return path, [attn.fold(kv) for attn in layers]
+        return path, [attn.project_kv(kv) for attn in layers]
 
     def _band(self, hh: int) -> int:
         # Bands of rows bound memory in eval mode. Two 3x3 convs see 2 rows each way, so a 2-row
@@ -288,12 +355,11 @@ class LoftUpNet(nn.Module):
         if explicit:
             x = self._stem(self.query_inputs(image))
             q = self._tokens_out(x.flatten(2).transpose(1, 2), None, explicit_kv=kv)
-            q = q.transpose(1, 2).reshape(b, -1, hh, ww)
-            return self.final_conv(q)
-        kvs = [layer[0].project_kv(kv) for layer in self.ca_transformer.layers]
+            return q.transpose(1, 2).reshape(b, -1, hh, ww)
+        kvs = self._attention_inputs(kv)
         inputs = self.query_inputs(image) if stem is None else None
         band = self._band(hh)
-        out = None
+        out = None  # output tokens (B, H*W, C), row-major: a band of rows is a slice of tokens
         for r0 in range(0, hh, band):
             r1 = min(hh, r0 + band)
             if stem is not None:
@@ -302,14 +368,15 @@ class LoftUpNet(nn.Module):
                 x = self._stem(inputs)
             else:
                 x = self._stem_rows(inputs, r0, r1)
-            q = self._tokens_out(x.flatten(2).transpose(1, 2), kvs)
-            y = self.final_conv(q.transpose(1, 2).reshape(b, -1, r1 - r0, ww))
+            y = self._tokens_out(x.flatten(2).transpose(1, 2).contiguous(), kvs)
             if band >= hh:
-                return y
+                out = y
+                break
             if out is None:
-                out = y.new_empty(b, y.shape[1], hh, ww)
-            out[:, :, r0:r1] = y
-        return out
+                out = y.new_empty(b, hh * ww, y.shape[-1])
+            out[:, r0 * ww:r1 * ww] = y
+        # (B, H*W, C) -> (B, C, H, W) as a view: the result is channels-last in memory
+        return out.view(b, hh, ww, -1).permute(0, 3, 1, 2)
 
     def attention_map(self, lr_feats: torch.Tensor, image: torch.Tensor, row: int, col: int,
                       layer: int = 0) -> torch.Tensor:
@@ -392,6 +459,10 @@ class LoftUp(Upsampler):
         manual=("download pytorch_model.bin from huggingface.co/haiwen/loftup-dinov2s (or the "
                 "iSegProbe Lightning checkpoint, Google Drive id 1Sse4gq2dCSNT-rnTVja7pG9ogIGfT0Ue)"),
         description="LoftUp for DINOv2-S/14 (stage 2, self-distilled), wrapper keys")
+
+    # lowered to bf16 (probe_lib.upsamplers.precision), it still takes the float32 image: the
+    # colour Fourier features multiply pixel values by up to e^10
+    float32_image = True
 
     def __init__(self, dim: int = 384, minmax_scope: str | None = None,
                  loftup_minmax_scope: str = "batch", query_chunk: int = 4096,
