@@ -12,6 +12,10 @@ re-run in every click round (only the upsampler's image-only part is reused); wi
 it runs once per batch without autograd and is reused by the click rounds (as ``probe_lib.train``
 does).
 
+Learned upsamplers are timed with the frozen upsampler in float32 and as a bf16 copy
+(``probe.upsampler_precision``; the ``small`` preset's ``auto`` picks bf16 where a self-benchmark
+finds it >= 1.5x faster and accurate); ``× fp32`` is the bf16 row's speed-up of ``step + clicks``.
+
 Weights do not change the cost: the backbone and learned upsamplers use random weights here.
 Writes ``benchmarks/results/training.md`` and ``results_root()/benchmarks/training.json``.
 """
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--upsamplers", nargs="*", default=None)
     p.add_argument("--injections", nargs="*", default=["early", "late_lowres", "late_highres"])
+    p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"],
+                   help="frozen-upsampler precisions for learned upsamplers (fp32 only for "
+                        "parameter-free ones)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "training.md"))
@@ -141,17 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         up = create_upsampler(name, dim=backbone.embed_dim, weights="random",
                               backbone=backbone).to(device)
+        learned = any(True for _ in up.parameters())
         for inj in args.injections:
             if name == "identity" and inj == "late_lowres":
                 continue  # identical to late_highres for identity
-            cfg = make_config(args.preset, upsampler__name=name, injection=inj)
-            torch.manual_seed(0)
-            probe = build_probe(cfg, backbone=backbone, upsampler=up).to(device)
-            r = bench(probe, b, size, device, args.repeats)
-            rows.append({"upsampler": name, "injection": inj, **{k: round(v, 4)
-                                                                 for k, v in r.items()}})
-            print(rows[-1], flush=True)
-            _write(rows, args, cfg0, size, b, device)
+            for prec in (args.precisions if learned else ["fp32"]):
+                cfg = make_config(args.preset, upsampler__name=name, injection=inj,
+                                  probe__upsampler_precision=prec)
+                torch.manual_seed(0)
+                probe = build_probe(cfg, backbone=backbone, upsampler=up).to(device)
+                r = bench(probe, b, size, device, args.repeats)
+                row = {"upsampler": name, "injection": inj, "precision": prec,
+                       **{k: round(v, 4) for k, v in r.items()}}
+                ref = [x for x in rows if x["upsampler"] == name and x["injection"] == inj
+                       and x["precision"] == "fp32"]
+                if prec != "fp32" and ref:
+                    row["speedup_vs_fp32"] = round(ref[0]["step+clicks"] / r["step+clicks"], 2)
+                rows.append(row)
+                print(rows[-1], flush=True)
+                _write(rows, args, cfg0, size, b, device)
     print(f"wrote {args.out}")
     return 0
 
@@ -174,14 +189,16 @@ def _write(rows: list[dict], args, cfg0, size: int, b: int, device) -> None:
         (f"Machine load average at the end of the run: {load:.1f}; per row in the last column "
         "(a shared 2-core CPU: absolute numbers are noisy, compare rows of similar load)."),
         "",
-        ("| upsampler | injection | backbone fwd | upsampler fwd | head fwd+bwd | step | click round "
-        "| images/s | load |"),
-        "|---|---|---|---|---|---|---|---|---|",
+        ("| upsampler | injection | precision | backbone fwd | upsampler fwd | head fwd+bwd | step "
+         "| click round | images/s | × fp32 | load |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['upsampler']} | {r['injection']} | {r['backbone_fwd']:.3f} | "
+        ratio = f"{r['speedup_vs_fp32']:.2f}" if "speedup_vs_fp32" in r else ""
+        lines.append(f"| {r['upsampler']} | {r['injection']} | {r.get('precision', 'fp32')} | "
+                     f"{r['backbone_fwd']:.3f} | "
                      f"{r['upsampler_fwd']:.3f} | {r['head_fwd_bwd']:.3f} | {r['step']:.3f} | "
-                     f"{r['click_round']:.3f} | {r['images_per_s']:.2f} | "
+                     f"{r['click_round']:.3f} | {r['images_per_s']:.2f} | {ratio} | "
                      f"{r.get('load_average', float('nan')):.1f} |")
     atomic_write_text("\n".join(lines) + "\n", args.out)
 

@@ -141,11 +141,13 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         # SPEC §10: 112² input (8×8 tokens), lean head, ≤100 images × 2 epochs, ≤20 instances ×
         # 10 clicks, no flip TTA, upsampler training ≤50 steps at 112². (64 images were tried to
-        # save time: the probes then learned next to nothing; docs/evaluation.md.)
+        # save time: the probes then learned next to nothing; docs/evaluation.md.) Validation on
+        # 16 fixed crops = two batches of 8. The frozen upsampler's precision is decided by a
+        # self-benchmark (bf16 where clearly faster and accurate; docs/probe.md).
         "probe": {"image_size": 112, "head": "lean_conv", "channels_last": True,
                   "upsampler_precision": "auto"},
         "train": {"epochs": 2, "num_images": 100, "lr": 1e-3, "lr_milestones": (2,),
-                  "val_samples": 20, "num_workers": 0, "batch_size": 8},
+                  "val_samples": 16, "num_workers": 0, "batch_size": 8},
         "eval": {"max_clicks": 10, "flip": False, "target_size": 112, "num_instances": 20,
                  "datasets": ("synthetic",), "bootstrap": 200},
         "data": {"train_dataset": "synthetic"},

@@ -139,6 +139,63 @@ def test_missing_upsampler_checkpoint_runs_its_notebooks(tmp_path, fake_execute,
     assert all(s["status"] == "missing" and "RANDOM" in s["message"] for s in st)
 
 
+def test_parallel_sweep_same_statuses_costliest_first(tmp_path, fake_execute, monkeypatch):
+    """--jobs 2: the same statuses in grid order as one job, learned-upsampler early runs
+    started first, the thread limit only while the sweep runs."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    serial = sweep_mod.sweep("small", root=tmp_path / "a", aggregate=False,
+                             train_upsamplers=False, log=lambda m: None)
+    n = len(fake_execute)
+    parallel = sweep_mod.sweep("small", root=tmp_path / "b", aggregate=False,
+                               train_upsamplers=False, jobs=2, log=lambda m: None)
+    assert [(s["run"], s["status"]) for s in parallel] == [(s["run"], s["status"])
+                                                          for s in serial]
+    first_two = {(c[1]["UPSAMPLER"], c[1]["INJECTION"]) for c in fake_execute[n:n + 2]}
+    assert first_two <= {("featup_jbu", "early"), ("loftup", "early")}
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    with pytest.raises(ValueError, match="jobs"):
+        sweep_mod.sweep("small", root=tmp_path, jobs=0)
+
+
+def test_parallel_upsampler_training_keeps_each_chain_in_order(tmp_path, fake_execute,
+                                                               monkeypatch):
+    monkeypatch.setenv("PROBE_LIB_CACHE", str(tmp_path / "cache"))
+    st = sweep_mod.ensure_upsampler_checkpoints(
+        "small", ["loftup", "lift", "featup_jbu"], tmp_path, lambda m: None, jobs=2)
+    stems = [c[0] for c in fake_execute]
+    assert sorted(stems) == ["03_lift_and_featup_jbu", "06_loftup_stage1",
+                             "07_loftup_stage2_self_distillation"]  # 03 once for two upsamplers
+    assert stems.index("06_loftup_stage1") < stems.index("07_loftup_stage2_self_distillation")
+    assert [s["run"] for s in st] == ["upsampler-loftup", "upsampler-lift",
+                                      "upsampler-featup_jbu"]
+
+
+def test_two_real_kernels_at_once_share_the_cores(tmp_path, monkeypatch):
+    """Two papermill kernels driven from two threads, each told to use cpu_count // 2 threads."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    cell = nbformat.v4.new_code_cell("X = 0")
+    cell.metadata["tags"] = ["parameters"]
+    want = str(max(1, (os.cpu_count() or 1) // 2))
+    nb.cells = [cell, nbformat.v4.new_code_cell(
+        "import os, time\nimport torch\ntime.sleep(1)\n"
+        f"assert os.environ['OMP_NUM_THREADS'] == '{want}'\n"
+        f"assert torch.get_num_threads() == {want}, torch.get_num_threads()")]
+    (tmp_path / "nbs").mkdir()
+    nbformat.write(nb, tmp_path / "nbs" / "tiny.ipynb")
+    monkeypatch.setattr(sweep_mod, "notebooks_dir", lambda: tmp_path / "nbs")
+    monkeypatch.setenv("OMP_NUM_THREADS", want)
+    monkeypatch.setenv("MKL_NUM_THREADS", want)
+    outs = [tmp_path / "out" / f"tiny{i}.ipynb" for i in range(2)]
+    t0 = time.perf_counter()
+    sweep_mod._map(lambda o: sweep_mod._execute("tiny", o, {"X": 1}, lambda m: None), outs, 2)
+    assert all(o.is_file() for o in outs)
+    print(f"two kernels in {time.perf_counter() - t0:.1f} s")
+
+
 def test_execute_creates_the_output_folder(tmp_path, monkeypatch):
     """On a fresh machine ``results/upsamplers/`` does not exist yet: papermill must get it."""
     import nbformat
@@ -170,7 +227,8 @@ def test_small_sweep_end_to_end(tmp_path):
     t0 = time.perf_counter()
     os.environ.setdefault("PROBE_LIB_RESULTS", str(tmp_path / "results"))
     root = Path(tmp_path / "sweep_results")
-    status = sweep_mod.sweep("small", root=root, only=CI_RUNS, log=print)
+    status = sweep_mod.sweep("small", root=root, only=CI_RUNS, jobs=sweep_mod.default_jobs(),
+                             log=print)
     minutes = (time.perf_counter() - t0) / 60
     failed = [s for s in status if s["status"] in ("failed", "stale")]
     assert not failed, failed
