@@ -42,6 +42,7 @@ from probe_lib.upsamplers.precision import (
     check_precision,
     choose_precision,
     lowered_copy,
+    lowered_image,
     lowered_inputs,
 )
 from probe_lib.utils import atomic_torch_save, check_image_batch
@@ -369,7 +370,7 @@ class ISProbe(nn.Module):
                 up, dtype = self._compute_upsampler(image)
                 prepare = getattr(up, "prepare_guidance", None)
                 grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
-                img = lowered_inputs(up, image, image, dtype)[1]
+                img = lowered_image(up, image, dtype)
                 guide = prepare(img, grid) if prepare is not None else None
                 if guide is not None:
                     cache["guide"] = guide

@@ -114,7 +114,7 @@ def reference_markdown(upsamplers: Iterable[str]) -> str:
 COLUMNS = ("run", "upsampler", "click_encoder", "injection", "dataset", "protocol",
            "num_instances", "max_clicks", "NoC80", "NoC85", "NoC90", "NoC95", "NoC85_ci",
            "NoC90_ci", "over_max@85", "over_max@90", "IoU@1", "mIoU@last", "seconds_per_click",
-           "backbone_weights", "upsampler_weights", "reference")
+           "backbone_weights", "upsampler_weights", "upsampler_precision", "reference")
 
 
 def collect_rows(root: str | Path, pattern: str = "*") -> list[dict]:
@@ -153,6 +153,7 @@ def row_from_metrics(doc: dict, run: str = "") -> dict:
            "IoU@1": 100.0 * m["IoU@1"], "seconds_per_click": m.get("seconds_per_click"),
            "backbone_weights": meta.get("backbone_weights", "?"),
            "upsampler_weights": meta.get("upsampler_weights", "?"),
+           "upsampler_precision": (doc.get("upsampler_precision") or {}).get("precision", "fp32"),
            "mIoU@k": m["mIoU@k"], "mIoU@last": 100.0 * m["mIoU@k"][-1]}
     for k in ("NoC80", "NoC85", "NoC90", "NoC95"):
         row[k] = m[k]
@@ -275,12 +276,15 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
     if sources:
         md += ["Paper numbers in the last column, by source:", ""]
         md += [f"- [{i + 1}] {s}" for i, s in enumerate(sources)] + [""]
-    weights = sorted({(r["upsampler"], r["upsampler_weights"], r["backbone_weights"])
-                      for r in rows})
+    weights = sorted({(r["upsampler"], r["upsampler_weights"], r["backbone_weights"],
+                       r.get("upsampler_precision", "fp32")) for r in rows})
     if weights:
-        md += ["## Weights used", "", "| upsampler | upsampler weights | backbone weights |",
-               "|---|---|---|"]
-        md += [f"| {u} | {uw} | {bw} |" for u, uw, bw in weights] + [""]
+        md += ["## Weights used", "", "Upsampler precision: what the frozen upsampler ran in "
+               "(`probe.upsampler_precision`; `auto` picks bf16 only where a self-benchmark finds "
+               "it >= 1.5x faster and within 5 % of float32, docs/probe.md).", "",
+               "| upsampler | upsampler weights | backbone weights | upsampler precision |",
+               "|---|---|---|---|"]
+        md += [f"| {u} | {uw} | {bw} | {pr} |" for u, uw, bw, pr in weights] + [""]
     for p in plots:
         md += [f"![mIoU vs clicks]({p.name})", ""]
     if runs_status:

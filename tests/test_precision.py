@@ -43,6 +43,18 @@ def test_explicit_choices_and_bad_name(backbone):
                                 probe__upsampler_precision="half"), backbone=backbone)
 
 
+def test_upsampler_in_training_mode_is_not_lowered():
+    """frozen_bn_mode="reference" keeps the upsampler's BatchNorm in training mode: its statistics
+    belong to the original module, so no bf16 copy is used."""
+    up = create_upsampler("loftup", frozen_bn_mode="reference")
+    up.train()
+    assert up.training
+    feats, image = _batch()
+    for prec in ("bf16", "auto"):
+        c = P.choose_precision(up, prec, feats=feats, image=image)
+        assert c.dtype == torch.float32 and "training mode" in c.reason
+
+
 def test_auto_keeps_parameter_free_upsamplers_in_float32(monkeypatch):
     monkeypatch.setattr(P, "self_benchmark", lambda *a: pytest.fail("benchmarked bilinear"))
     c = P.choose_precision(create_upsampler("bilinear"), "auto", *(), feats=_batch()[0],

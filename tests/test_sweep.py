@@ -236,13 +236,16 @@ def test_small_sweep_end_to_end(tmp_path):
     summary = (root / "summary.md").read_text()
     for up in ("Bilinear", "FeatUp (JBU)", "LoftUp"):
         assert up in summary
-    assert "late_highres" in summary and "early" in summary
+    assert "late_highres" in summary and "early" in summary and "upsampler precision" in summary
     assert list(root.glob("miou_*.png"))
     rows = collect_rows(root, pattern="small-*")
     assert len(rows) == len(CI_RUNS)
     for r in rows:
         assert 1 <= r["NoC85"] <= r["max_clicks"] and 0 <= r["IoU@1"] <= 100
         assert r["upsampler_weights"] != "?"
+        assert r["upsampler_precision"] in ("fp32", "bf16")  # recorded by the evaluation
+        if r["upsampler"] == "bilinear":
+            assert r["upsampler_precision"] == "fp32"  # parameter-free: never lowered
         if r["upsampler"] != "bilinear":  # notebooks 03 / 06+07 trained them (or the sweep did)
             assert "random" not in r["upsampler_weights"].lower(), r
     # a rerun skips everything that finished

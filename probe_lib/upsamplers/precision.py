@@ -106,6 +106,9 @@ def choose_precision(upsampler: nn.Module, precision: str, *, feats: torch.Tenso
     process and logged once through ``log``.
     """
     check_precision(precision)
+    if precision != "fp32" and upsampler.training:
+        # frozen_bn_mode="reference": BatchNorm statistics of the upsampler itself change
+        return PrecisionChoice(torch.float32, "fp32: the upsampler runs in training mode")
     if precision != "auto":
         return PrecisionChoice(_DTYPES[precision], f"{precision}: set in the config")
     if image.device.type != "cpu":
@@ -121,13 +124,17 @@ def choose_precision(upsampler: nn.Module, precision: str, *, feats: torch.Tenso
     return _CHOICES[key]
 
 
+def lowered_image(upsampler: nn.Module, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The guidance image for a copy lowered to ``dtype``: kept float32 for methods with
+    ``float32_image = True`` (LoftUp: its colour Fourier features multiply pixel values by up to
+    e^10, and a bf16 pixel is off by up to 1/512)."""
+    return image if getattr(upsampler, "float32_image", False) else image.to(dtype)
+
+
 def lowered_inputs(upsampler: nn.Module, feats: torch.Tensor, image: torch.Tensor,
                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(feats, image)`` for a copy lowered to ``dtype``. The image stays float32 for methods
-    with ``float32_image = True`` (LoftUp: its colour Fourier features multiply pixel values by
-    up to e^10, and a bf16 pixel is off by up to 1/512)."""
-    keep = getattr(upsampler, "float32_image", False)
-    return feats.to(dtype), (image if keep else image.to(dtype))
+    """``(feats, image)`` for a copy lowered to ``dtype`` (see :func:`lowered_image`)."""
+    return feats.to(dtype), lowered_image(upsampler, image, dtype)
 
 
 def lowered_copy(upsampler: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -139,4 +146,5 @@ def lowered_copy(upsampler: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 __all__ = ["MAX_REL_ERROR", "MIN_SPEEDUP", "PRECISIONS", "PrecisionChoice", "check_precision",
-           "choose_precision", "lowered_copy", "lowered_inputs", "self_benchmark"]
+           "choose_precision", "lowered_copy", "lowered_image", "lowered_inputs",
+           "self_benchmark"]
