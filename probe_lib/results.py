@@ -277,11 +277,12 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
         md += ["Paper numbers in the last column, by source:", ""]
         md += [f"- [{i + 1}] {s}" for i, s in enumerate(sources)] + [""]
     weights = sorted({(r["upsampler"], r["upsampler_weights"], r["backbone_weights"],
-                       r.get("upsampler_precision", "fp32")) for r in rows})
+                       r["upsampler_precision"]) for r in rows})
     if weights:
-        md += ["## Weights used", "", "Upsampler precision: what the frozen upsampler ran in "
-               "(`probe.upsampler_precision`; `auto` picks bf16 only where a self-benchmark finds "
-               "it >= 1.5x faster and within 5 % of float32, docs/probe.md).", "",
+        note = ("Upsampler precision: what the frozen upsampler ran in "
+                "(`probe.upsampler_precision`; `auto` picks bf16 only where a self-benchmark "
+                "finds it >= 1.5x faster and within 5 % of float32, docs/probe.md).")
+        md += ["## Weights used", "", note, "",
                "| upsampler | upsampler weights | backbone weights | upsampler precision |",
                "|---|---|---|---|"]
         md += [f"| {u} | {uw} | {bw} | {pr} |" for u, uw, bw, pr in weights] + [""]

@@ -3,9 +3,9 @@
 ``auto`` (the ``small`` preset) decides by a quick self-benchmark, not by assumption (SPEC §10):
 on a CPU, the upsampler's forward pass is timed in float32 and on a bfloat16 copy, and bf16 is
 used only when it is at least :data:`MIN_SPEEDUP` times faster *and* its output stays within
-:data:`MAX_REL_ERROR` of the float32 output (relative L2 error) on the benchmark input. CPUs with
-AMX tiles run LoftUp's large matrix products about 2.5x faster in bf16; CPUs without bf16 matrix
-units are slower in bf16, so they keep float32. Parameter-free upsamplers (bilinear, ...) and
+:data:`MAX_REL_ERROR` of the float32 output (relative L2 error) on the benchmark input. On the
+development CPU (AMX bf16 tiles) LoftUp came out 2.3-3.3x faster in bf16 and FeatUp-JBU about 1x;
+wherever bf16 is not clearly faster (e.g. a CPU without bf16 matrix units), float32 stays. Parameter-free upsamplers (bilinear, ...) and
 non-CPU devices always keep float32 (on a GPU, ``train.amp`` is the mixed-precision switch).
 
 Only the frozen upsampler changes precision; the backbone, the click encoder and the head stay
@@ -78,7 +78,7 @@ def self_benchmark(upsampler: nn.Module, feats: torch.Tensor, image: torch.Tenso
     """Time ``upsampler(feats, image)`` in float32 and on a bf16 copy (best of two after a
     warm-up) and compare the outputs; bf16 when faster by :data:`MIN_SPEEDUP` and within
     :data:`MAX_REL_ERROR`. Pass real inputs (a couple of images and their backbone features):
-    the error depends on them (random-weight LoftUp, for one, is far less accurate in bf16)."""
+    speed and error depend on them (pixel-noise images, for one, exaggerate LoftUp's bf16 error)."""
     feats, image = feats.detach().float(), image.detach().float()
     t32, ref = _time_forward(upsampler, feats, image)
     low = lowered_copy(upsampler, torch.bfloat16)
