@@ -43,9 +43,11 @@ import numpy as np
 
 from probe_lib.utils import atomic_write_json, data_root
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 JPEG_QUALITY = 95
 SHAPE_KINDS = ("ellipse", "polygon", "blob", "ring", "legged", "bars")
+# compact shapes most often; rings, legs and bars carry the sub-patch detail
+SHAPE_WEIGHTS = (0.22, 0.22, 0.26, 0.1, 0.12, 0.08)
 
 # name -> loader; each returns an RGB or gray uint8 array. Only sources that work offline and whose
 # licence is clear (public domain, CC0, CC BY 2.0); attributions in docs/data.md.
@@ -152,19 +154,25 @@ def _poly(cx, cy, radii, angles):
     return np.round(pts).astype(np.int32)
 
 
-def _shape_mask(rng: np.random.Generator, kind: str, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Full (unoccluded) mask of one object and its part map (0 outside, 1..P inside)."""
+def _shape_mask(rng: np.random.Generator, kind: str, s: int,
+                centre: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Full (unoccluded) mask of one object and its part map (0 outside, 1..P inside).
+
+    Sizes are chosen for a ViT with 14-px patches at half the image side (the ``small`` input):
+    bodies span 3-6 patches, while legs, bars and holes are 0.3-0.8 patch wide -- the boundary
+    detail a token grid cannot draw and an upsampler may recover.
+    """
     mask = np.zeros((s, s), np.uint8)
-    r = rng.uniform(0.12, 0.3) * s
-    cx, cy = rng.uniform(0.15, 0.85, size=2) * s
+    r = rng.uniform(0.2, 0.32) * s
+    cx, cy = centre if centre is not None else tuple(rng.uniform(0.25, 0.75, size=2) * s)
     struct_parts = None
     if kind == "ellipse":
-        axes = (max(2, int(r)), max(2, int(r * rng.uniform(0.35, 1.0))))
+        axes = (max(2, int(r)), max(2, int(r * rng.uniform(0.5, 1.0))))
         cv2.ellipse(mask, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     elif kind == "polygon":
-        n = int(rng.integers(3, 9))
+        n = int(rng.integers(5, 9))
         ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-        rad = r * rng.uniform(0.5, 1.0, n)
+        rad = r * rng.uniform(0.75, 1.0, n)
         cv2.fillPoly(mask, [_poly(cx, cy, rad, ang)], 1)
     elif kind in ("blob", "ring"):
         ang = np.linspace(0, 2 * np.pi, 72, endpoint=False)
@@ -174,7 +182,7 @@ def _shape_mask(rng: np.random.Generator, kind: str, s: int) -> tuple[np.ndarray
         rad = r * rad / rad.max()
         cv2.fillPoly(mask, [_poly(cx, cy, rad, ang)], 1)
         if kind == "ring":
-            hole = (max(2, int(r * rng.uniform(0.3, 0.5))), max(2, int(r * rng.uniform(0.3, 0.5))))
+            hole = (max(2, int(r * rng.uniform(0.25, 0.35))), max(2, int(r * rng.uniform(0.25, 0.35))))
             cv2.ellipse(mask, (int(cx), int(cy)), hole, float(rng.uniform(0, 180)), 0, 360, 0, -1)
     elif kind == "legged":
         # a body with 2-4 thin legs: thin structures are where upsamplers differ most
@@ -183,14 +191,14 @@ def _shape_mask(rng: np.random.Generator, kind: str, s: int) -> tuple[np.ndarray
         cv2.ellipse(body, (int(cx), int(cy)), (bw, bh), 0, 0, 360, 1, -1)
         legs = np.zeros_like(mask)
         n_legs = int(rng.integers(2, 5))
-        thick = max(2, int(s * rng.uniform(0.012, 0.025)))
+        thick = max(2, int(s * rng.uniform(0.035, 0.06)))
         for x in np.linspace(cx - 0.7 * bw, cx + 0.7 * bw, n_legs):
-            end = (int(x + rng.uniform(-0.3, 0.3) * r), int(cy + bh + rng.uniform(0.6, 1.2) * r))
+            end = (int(x + rng.uniform(-0.3, 0.3) * r), int(cy + bh + rng.uniform(0.4, 0.8) * r))
             cv2.line(legs, (int(x), int(cy)), end, 1, thick)
         mask = np.maximum(body, legs)
         struct_parts = np.where(body > 0, 1, np.where(legs > 0, 2, 0)).astype(np.int32)
     elif kind == "bars":
-        thick = max(2, int(s * rng.uniform(0.02, 0.05)))
+        thick = max(2, int(s * rng.uniform(0.09, 0.13)))
         a = rng.uniform(0, np.pi)
         p0 = np.array([cx, cy])
         d1 = np.array([np.cos(a), np.sin(a)]) * r
@@ -250,6 +258,13 @@ def _smooth_noise(rng: np.random.Generator, s: int, cells: int = 4) -> np.ndarra
 def generate_image(index: int, size: int = 224, seed: int = 0) -> SyntheticImage:
     """Generate synthetic image ``index`` of the set with ``seed``; deterministic in (index, seed).
 
+    The teaching set (generator version 3): a background made of one or two photo crops
+    (softened so that its own content does not compete with the objects), and 1-3 objects, each a
+    cut-out of another photo with a clear silhouette -- tinted, rim-shaded and casting a soft
+    shadow. Objects are placed so that they overlap little (at most ~15 % of an object is hidden)
+    and span several 14-px patches at half the image side, while their legs, bars, holes and
+    outlines carry detail finer than a patch (see ``token_grid_ceiling``).
+
     Args:
         index: image index (>= 0).
         size: side S of the square image in pixels (>= 32).
@@ -260,68 +275,68 @@ def generate_image(index: int, size: int = 224, seed: int = 0) -> SyntheticImage
     rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
     s = size
     photos = sample_photos(max(256, s + s // 2))
-    min_visible = max(30, int(0.006 * s * s))
-
-    # ---- background "stuff" regions: warped Voronoi cells, each a different photo crop
-    n_bg = int(rng.integers(2, 4))
-    seeds = rng.uniform(0, s, size=(n_bg, 2)).astype(np.float32)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    dist = np.stack([np.hypot(yy - a, xx - b) + 0.15 * s * _smooth_noise(rng, s)
-                     for a, b in seeds])
-    bg_map = np.argmin(dist, axis=0).astype(np.int32) + 1
+
+    # ---- background: one or two softened photo crops split by a wavy boundary
+    n_bg = int(rng.integers(1, 3))
+    if n_bg == 2:
+        a = rng.uniform(0, np.pi)
+        side = (np.cos(a) * (xx - s / 2) + np.sin(a) * (yy - s / 2)
+                + 0.15 * s * _smooth_noise(rng, s, 3))
+        bg_map = np.where(side > 0, 2, 1).astype(np.int32)
+    else:
+        bg_map = np.ones((s, s), np.int32)
     canvas = np.zeros((s, s, 3), np.float32)
-    last = -1
+    used = []
     for b in range(1, n_bg + 1):
-        crop, last = _photo_crop(rng, photos, s, exclude=last)
+        crop, pi = _photo_crop(rng, photos, s, exclude=used[-1] if used else -1)
+        used.append(pi)
+        crop = cv2.GaussianBlur(crop, (0, 0), 0.006 * s)
+        crop = 0.55 * crop + 0.45 * crop.mean()  # lower contrast: the objects carry the edges
         canvas[bg_map == b] = crop[bg_map == b]
 
-    # ---- plan objects on masks first, so dropped (hidden) objects are never painted
-    n_obj = int(rng.integers(2, 6))
-    cands = []
-    for _ in range(n_obj):
-        kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
-        full, parts = _shape_mask(rng, kind, s)
-        cands.append((kind, full, parts))
-    keep = list(range(len(cands)))
-    for _ in range(len(cands)):
-        label = np.zeros((s, s), np.int32)
-        for j, c in enumerate(keep):
-            label[cands[c][1]] = j + 1
-        vis = [int((label == j + 1).sum()) for j in range(len(keep))]
-        bad = [c for j, c in enumerate(keep)
-               if vis[j] < min_visible or vis[j] < 0.3 * cands[c][1].sum()]
-        if not bad:
-            break
-        keep = [c for c in keep if c not in bad]
-    if not keep:  # always at least one object: a big unoccluded ellipse-like blob
-        full, parts = _shape_mask(rng, "blob", s)
-        cands.append(("blob", full, parts))
-        keep = [len(cands) - 1]
+    # ---- objects, placed with little overlap; each hides at most ~15 % of the others
+    n_obj = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
     label = np.zeros((s, s), np.int32)
-    for j, c in enumerate(keep):
-        label[cands[c][1]] = j + 1
+    placed = []
+    for _ in range(n_obj):
+        for _attempt in range(12):
+            kind = SHAPE_KINDS[int(rng.choice(len(SHAPE_KINDS), p=SHAPE_WEIGHTS))]
+            full, parts = _shape_mask(rng, kind, s)
+            area = int(full.sum())
+            if area < 0.02 * s * s:
+                continue
+            hidden = [int((label == j + 1)[full].sum()) for j in range(len(placed))]
+            if all(h <= 0.15 * placed[j][3] for j, h in enumerate(hidden)):
+                label[full] = len(placed) + 1
+                placed.append((kind, full, parts, area))
+                break
+    if not placed:  # always at least one object
+        full, parts = _shape_mask(rng, "blob", s, centre=(s / 2, s / 2))
+        label[full] = 1
+        placed.append(("blob", full, parts, int(full.sum())))
 
     # ---- paint objects in order: shadow, textured body with per-part shading and rim darkening
     part_map = bg_map.copy()
     part_kind = ["background"] * n_bg
     part_object = [0] * n_bg
     kinds = []
-    for j, c in enumerate(keep):
-        kind, full, parts = cands[c]
+    for j, (kind, full, parts, _area) in enumerate(placed):
         kinds.append(kind)
         fu8 = full.astype(np.uint8)
         dx, dy = (rng.uniform(0.01, 0.03, size=2) * s).astype(int)
         shadow = np.roll(np.roll(fu8, dy, 0), dx, 1).astype(np.float32)
         shadow = cv2.GaussianBlur(shadow, (0, 0), max(1.0, 0.012 * s))
-        canvas *= (1 - 0.45 * shadow)[:, :, None]
-        tex, _ = _photo_crop(rng, photos, s)
+        canvas *= (1 - 0.5 * shadow)[:, :, None]
+        tex, _ = _photo_crop(rng, photos, s, exclude=used[0])
+        tex = 1.25 * (tex - tex.mean()) + tex.mean()  # crisper than the background
         tex *= rng.uniform(0.6, 1.4, size=3).astype(np.float32)  # per-object tint
         shade = np.ones((s, s), np.float32)
         n_parts = int(parts.max())
         for p in range(1, n_parts + 1):
-            shade[parts == p] = rng.uniform(0.7, 1.3)
+            shade[parts == p] = rng.uniform(0.75, 1.25)
         rim = cv2.distanceTransform(fu8, cv2.DIST_L2, 3)
-        shade *= 0.7 + 0.3 * np.minimum(rim / max(2.0, 0.02 * s), 1.0)
+        shade *= 0.6 + 0.4 * np.minimum(rim / max(2.0, 0.02 * s), 1.0)
         tex *= shade[:, :, None]
         canvas[full] = tex[full]
         # visible parts; slivers merge into the object's largest visible part
