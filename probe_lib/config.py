@@ -81,6 +81,13 @@ class TrainConfig:
     num_workers: int = 4
     weighted_sampling: bool = True  # uses the RITM SBD weights file when present
     amp: bool = False
+    # "multistep" (the reference: lr × lr_gamma at each epoch milestone) | "cosine" (per step)
+    lr_schedule: str = "multistep"
+    warmup_steps: int = 0  # linear warm-up over this many steps (0: none, the reference)
+    # crops of a fixed bank of augmented crops (0: a fresh augmentation every epoch, the
+    # reference); with a bank, late-injection probes compute frozen features once per crop
+    crop_bank: int = 0
+    feature_cache: bool = True  # use probe_lib.feature_cache when a bank and late injection
 
 
 @dataclass(frozen=True)

@@ -233,8 +233,27 @@ class ConvHead(nn.Module):
         self.convs = nn.ModuleList(_ConvReLU(a, b, k) for a, b, k in layers)
         self.classifier = nn.Conv2d(layers[-1][1] if layers else cin, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
+    def forward(self, x: torch.Tensor, added: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``x`` (B, C, H, W); ``added`` (B, C, h, w), when given, is bilinearly
+        resized (align_corners=True) to H×W and added to ``x`` first.
+
+        When the first layer is a 1×1 conv it commutes with that resize, so ``added`` is
+        projected at its own (token) resolution and only the projection is resized: the same
+        result (to float rounding) with the large 384-channel resize and sum avoided.
+        """
+        convs = list(self.convs)
+        if added is not None:
+            first = convs[0].conv if convs else self.classifier
+            if first.kernel_size == (1, 1):
+                proj = F.conv2d(added.to(x.dtype), first.weight)
+                x = first(x) + _resize(proj, tuple(x.shape[-2:]))
+                if not convs:
+                    return x
+                x = F.relu(x)
+                convs = convs[1:]
+            else:
+                x = x + _resize(added.to(x.dtype), tuple(x.shape[-2:]))
+        for conv in convs:
             x = conv(x)
         return self.classifier(x)
 
@@ -432,8 +451,12 @@ class ISProbe(nn.Module):
             feats = cache["feats"] + tokens.transpose(1, 2).reshape(b, self.embed_dim, h, w)
             hr = self._upsample(feats, image, guide)
         elif self.injection == "late_highres":
+            # the head adds the resized click tokens: head(hr + resize(t)) (iSegProbe paper text)
             t = tokens.transpose(1, 2).reshape(b, self.embed_dim, h, w)
-            hr = cache["hr"] + _resize(t, tuple(cache["hr"].shape[-2:]))
+            hr = cache["hr"]
+            if self.channels_last:
+                hr = hr.contiguous(memory_format=torch.channels_last)
+            return _resize(self.head(hr, added=t), (hh, ww)).contiguous()
         else:
             hr = cache["hr"]
         if self.channels_last:

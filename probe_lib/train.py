@@ -50,6 +50,7 @@ from probe_lib.utils import (
 __all__ = ["ProbeTrainSet", "batch_loss", "default_out_path", "iou", "main", "train_probe", "validate"]
 
 REFERENCE_SIZE = 224  # the recipe's crop; other sizes rescale the data by size / 224 first
+_BANK_STREAM = 2**31 - 2  # random stream of the crop bank's augmentations (never an epoch number)
 
 
 def default_out_path(cfg) -> Path:
@@ -111,7 +112,8 @@ class ProbeTrainSet(Dataset):
     """
 
     def __init__(self, ds, size: int, seed: int = 0, num_points: int = 24,
-                 augment: bool = True) -> None:
+                 augment: bool = True, bank_size: int = 0, num_images: int | None = None
+                 ) -> None:
         self.ds = ds
         self.size = size
         self.seed = seed
@@ -122,6 +124,11 @@ class ProbeTrainSet(Dataset):
         self.sampler = MultiPointSampler(max_num_points=num_points)
         self.epoch = 0
         self.order = np.arange(len(ds))
+        # crop bank: ``bank_size`` augmented crops fixed once (crop j of image j mod n), so that
+        # their frozen features can be computed once; clicks are still drawn anew every epoch
+        self.bank_size = int(bank_size)
+        self.num_images = len(ds) if num_images is None else min(int(num_images), len(ds))
+        self._crops: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
 
     def set_epoch(self, epoch: int, order: np.ndarray) -> None:
         self.epoch = int(epoch)
@@ -151,22 +158,41 @@ class ProbeTrainSet(Dataset):
             ignore = resize(ignore, nh, nw, nearest=True)
         return image, objects, ignore, removed
 
-    def __getitem__(self, pos: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch, int(pos)])
-        image, objects, ignore, removed = self.load(self.order[pos])
+    def _augment(self, index: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        image, objects, ignore, removed = self.load(index)
         if self.do_augment:
             a = self.augment(image, objects, ignore, rng)
-            image, objects, ignore = a.image, a.objects, a.ignore
+            return a.image, a.objects, a.ignore, removed
+        s = self.size
+        hs, ws = rng.random(), rng.random()
+        image, objects, ignore = (random_crop(pad_if_needed(x, s, s), s, s, hs, ws)
+                                  for x in (image, objects, ignore))
+        return image, objects, ignore, removed
+
+    def crop(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Bank crop ``j``: image ``j mod num_images`` augmented with ``[seed, BANK, j]``
+        (the same in every epoch and process); ``(image uint8 (S, S, 3), objects, ignore,
+        objects_removed)``. Kept in memory after the first call (a few MB per 100 crops)."""
+        if not 0 <= j < self.bank_size:
+            raise IndexError(f"crop {j} outside the bank of {self.bank_size} crops")
+        if j not in self._crops:
+            rng = np.random.default_rng([self.seed, _BANK_STREAM, int(j)])
+            self._crops[j] = self._augment(j % self.num_images, rng)
+        return self._crops[j]
+
+    def __getitem__(self, pos: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(pos)])
+        item = int(self.order[pos])
+        if self.bank_size:
+            image, objects, ignore, removed = self.crop(item)
         else:
-            s = self.size
-            hs, ws = rng.random(), rng.random()
-            image, objects, ignore = (random_crop(pad_if_needed(x, s, s), s, s, hs, ws)
-                                      for x in (image, objects, ignore))
+            image, objects, ignore, removed = self._augment(item, rng)
         points, gt = self.sampler(objects, rng, ignore=ignore)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
                 / 255.0,
                 "points": torch.from_numpy(points), "gt": torch.from_numpy(gt),
-                "objects_removed": removed}
+                "objects_removed": removed, "crop": item if self.bank_size else -1}
 
 
 class _RankSlices(Sampler):
@@ -199,6 +225,19 @@ def _epoch_order(n_images: int, draws: int, seed: int, epoch: int,
         return rng.choice(n_images, size=draws, replace=True, p=weights)
     reps = math.ceil(draws / n_images)
     return np.concatenate([rng.permutation(n_images) for _ in range(reps)])[:draws]
+
+
+def lr_factor(t: int, *, warmup: int, schedule: str, total_steps: int, steps_per_epoch: int,
+              milestones: tuple[int, ...], gamma: float) -> float:
+    """Learning-rate multiplier of global step ``t`` (0-based): a linear warm-up over
+    ``warmup`` steps, times ``schedule`` -- ``"multistep"`` (``gamma`` per epoch milestone
+    passed, the reference's MultiStepLR) or ``"cosine"`` (half a cosine to 0 over
+    ``total_steps``)."""
+    w = min(1.0, (t + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "cosine":
+        return w * 0.5 * (1.0 + math.cos(math.pi * min(t, total_steps) / max(1, total_steps)))
+    epoch = t // max(1, steps_per_epoch)
+    return w * gamma ** sum(epoch >= m for m in milestones)
 
 
 def batch_loss(per_sample: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -419,15 +458,11 @@ def train_probe(
     if not params:
         raise ValueError("the probe has no trainable parameters")
     opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(tc.lr_milestones),
-                                                 gamma=tc.lr_gamma)
     history: dict[str, Any] = {"steps": [], "epochs": [], "config": cfg.to_dict(),
                                "out_path": str(out_path), "complete": False, "world_size": world}
     start_epoch = 0
     if state is not None:
         model.load_state_dict(state["trainable"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         history = state["history"]
         start_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["torch_rng"])
@@ -439,15 +474,33 @@ def train_probe(
     if n_images == 0:
         raise ValueError("the training dataset has no images")
     size = cfg.probe.image_size
-    train_set = ProbeTrainSet(train_ds, size, seed=tc.seed, num_points=tc.num_max_points)
-    weights = _sample_weights(train_ds, cfg)
+    train_set = ProbeTrainSet(train_ds, size, seed=tc.seed, num_points=tc.num_max_points,
+                              bank_size=tc.crop_bank, num_images=n_images)
+    # with a crop bank an epoch is one pass over the bank's crops, drawn uniformly
+    n_items = tc.crop_bank or n_images
+    weights = None if tc.crop_bank else _sample_weights(train_ds, cfg)
     if weights is not None and n_images < len(train_ds):
         weights = weights[:n_images] / weights[:n_images].sum()
-    if tc.batch_size > n_images:
-        raise ValueError(f"train.batch_size={tc.batch_size} exceeds the {n_images} training "
-                         "images (drop_last would leave no step)")
-    steps_per_epoch = n_images // tc.batch_size
+    if tc.batch_size > n_items:
+        raise ValueError(f"train.batch_size={tc.batch_size} exceeds the {n_items} training "
+                         f"{'crops' if tc.crop_bank else 'images'} (drop_last would leave no "
+                         "step)")
+    steps_per_epoch = n_items // tc.batch_size
+    total_steps = steps_per_epoch * tc.epochs
     per_rank = tc.batch_size // world
+    # the reference: MultiStepLR stepped per epoch; a short schedule: per-step warm-up + cosine
+    warmup = None
+    if tc.lr_schedule == "multistep" and tc.warmup_steps == 0:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(tc.lr_milestones),
+                                                     gamma=tc.lr_gamma)
+    else:
+        warmup = tc.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(
+            t, warmup=tc.warmup_steps, schedule=tc.lr_schedule, total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch, milestones=tc.lr_milestones, gamma=tc.lr_gamma))
+    if state is not None:  # after the scheduler, which sets each group's initial_lr
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
 
     val_set = None
     if is_main and tc.val_samples > 0:
@@ -465,6 +518,14 @@ def train_probe(
     loss_fn = NormalizedFocalLoss(alpha=0.5, gamma=2.0, reduction="none")
     reuse_cache = cfg.upsampler.frozen_bn_mode == "eval"
     use_amp = bool(tc.amp) and device.type == "cuda"
+    features = None
+    if (tc.crop_bank and tc.feature_cache and reuse_cache
+            and model.injection in ("late_lowres", "late_highres")):
+        from probe_lib.feature_cache import FeatureCache, cache_key
+
+        crops = [train_set.crop(j)[0] for j in range(tc.crop_bank)]
+        features = FeatureCache(model, cache_key(model.backbone, size, crops))
+        del crops
 
     def save_state(epoch: int) -> None:
         obj = {"config": cfg.to_dict(), "frozen": _frozen_info(model), "epoch": epoch,
@@ -484,9 +545,9 @@ def train_probe(
     epochs_run = 0
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        order = _epoch_order(n_images, n_images, tc.seed, epoch, weights)
+        order = _epoch_order(n_items, n_items, tc.seed, epoch, weights)
         train_set.set_epoch(epoch, order)
-        sampler = _RankSlices(n_images, tc.batch_size, rank, world)
+        sampler = _RankSlices(n_items, tc.batch_size, rank, world)
         loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler,
                             num_workers=tc.num_workers, drop_last=True,
                             persistent_workers=False, pin_memory=device.type == "cuda")
@@ -503,7 +564,10 @@ def train_probe(
             brng = np.random.default_rng([tc.seed, epoch, step, 3])
             num_iters = int(brng.integers(0, tc.max_num_next_clicks + 1))
             prev = torch.zeros_like(gt)
-            cache = model.encode_image(image) if reuse_cache else None
+            if features is not None:
+                cache = features.get(batch["crop"], image)
+            else:
+                cache = model.encode_image(image) if reuse_cache else None
             if num_iters:
                 model.eval()
                 with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
@@ -524,7 +588,10 @@ def train_probe(
             skipped += n_skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr_used = opt.param_groups[0]["lr"]
             opt.step()
+            if warmup is not None:
+                sched.step()
             lv = float(loss.detach())
             if world > 1:
                 t = torch.tensor([lv], device=device)
@@ -534,12 +601,15 @@ def train_probe(
                 raise FloatingPointError(f"non-finite loss {lv} at epoch {epoch} step {step}")
             losses.append(lv)
             history["steps"].append({"epoch": epoch, "step": step, "loss": lv,
-                                     "lr": opt.param_groups[0]["lr"], "clicks_added": num_iters,
+                                     "lr": lr_used, "clicks_added": num_iters,
                                      "seconds": round(time.perf_counter() - ts, 4)})
             bar.set_postfix(loss=f"{lv:.4f}")
         bar.close()
+        if features is not None and is_main:
+            features.save()
         lr = opt.param_groups[0]["lr"]
-        sched.step()
+        if warmup is None:
+            sched.step()
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                   "lr": lr, "seconds": round(seconds, 2), "skipped_all_ignore": skipped,
