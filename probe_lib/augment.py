@@ -138,6 +138,8 @@ class AugmentedSample:
     objects: np.ndarray  # int32 (S, S)
     ignore: np.ndarray  # bool (S, S)
     tries: int  # augmentation attempts used
+    # bool (S, S): pixels of objects dropped for being smaller than ``min_object_area``
+    small_removed: np.ndarray | None = None
 
 
 class IsegAugment:
@@ -210,6 +212,7 @@ class IsegAugment:
             im, ob, ig = self._once(image, objects, ignore.astype(bool), rng)
             if (ob > 0).any() or rng.random() < self.keep_background_prob:
                 break
-        ob = remove_small_objects(ob, self.min_object_area)
-        return AugmentedSample(np.ascontiguousarray(im), np.ascontiguousarray(ob, np.int32),
-                               np.ascontiguousarray(ig, bool), tries)
+        kept = remove_small_objects(ob, self.min_object_area)
+        return AugmentedSample(np.ascontiguousarray(im), np.ascontiguousarray(kept, np.int32),
+                               np.ascontiguousarray(ig, bool), tries,
+                               small_removed=(ob > 0) & (kept == 0))

@@ -414,8 +414,18 @@ class MultiPointSampler:
         objects: np.ndarray,
         rng: np.random.Generator,
         ignore: np.ndarray | None = None,
+        not_background: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        # not_background: bool (H, W) pixels of objects dropped from the list (too small after
+        # augmentation) that still are not background, as in iSegProbe, where such an object
+        # leaves the object list but stays in the encoded mask: they join the "other objects"
+        # negatives and are never drawn as pure-background negatives.
         objects = _as_2d(objects, "objects")
+        dropped = (np.zeros(objects.shape, bool) if not_background is None
+                   else _as_2d(not_background, "not_background").astype(bool))
+        if dropped.shape != objects.shape:
+            raise ValueError(f"not_background shape {dropped.shape} differs from objects "
+                             f"{objects.shape}")
         valid = np.ones(objects.shape, bool) if ignore is None else ~_as_2d(ignore, "ignore")
         if valid.shape != objects.shape:
             raise ValueError(f"ignore shape {valid.shape} differs from objects {objects.shape}")
@@ -427,14 +437,14 @@ class MultiPointSampler:
             pos_masks = [self._erode_positive(m, rng) for m in obj_masks]
             bg = ~gt & valid
             if len(ids) > len(selected):
-                other = (objects > 0) & ~np.isin(objects, selected) & valid
+                other = ((objects > 0) | dropped) & ~gt & valid
             else:
                 other = bg
             neg = {"bg": bg, "other": other, "border": self._border_mask(gt) & valid}
         else:
             gt = np.zeros(objects.shape, bool)
             pos_masks = []
-            bg = valid.copy()
+            bg = valid & ~dropped
             neg = {"bg": bg, "other": bg, "border": bg}
 
         m = self.max_num_points

@@ -29,15 +29,18 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class UpsamplerConfig:
     name: str = "bilinear"
-    # "random" | "pretrained" | "trained" (our own checkpoint from the training notebooks) | a path
-    weights: str = "trained"
-    featup_channelnorm: bool = True  # False reproduces iSegProbe (drops FeatUp's ChannelNorm)
+    # "random" | "pretrained" (official checkpoints, as iSegProbe loads them) | "trained" (our own
+    # checkpoint from the training notebooks) | a path. At ``full`` a missing checkpoint is an error.
+    weights: str = "pretrained"
+    featup_channelnorm: bool = False  # False reproduces iSegProbe (drops FeatUp's ChannelNorm)
     featup_jitters: int = 5  # FeatUp training: jittered views per step (SPEC §7.2: 5)
     featup_train_steps: int | None = None  # None = train_steps (JBU backward is costly on CPU)
     loftup_recipe: str = "paper"  # "paper" | "script" (SPEC §7.3), independent of the preset
     loftup_minmax_scope: str = "batch"  # "batch" (reference) | "sample"
     featsharp_factor: int = 2
-    frozen_bn_mode: str = "eval"  # "eval" (project) | "reference" (SPEC §4.4)
+    # "reference" (iSegProbe: a frozen upsampler's batch norms use batch statistics in the
+    # gradient forwards) | "eval" (always eval mode); docs/evaluation.md
+    frozen_bn_mode: str = "reference"
     # upsampler training (issue: train the upsamplers)
     train_steps: int = 50
     train_batch_size: int = 2
@@ -80,6 +83,14 @@ class TrainConfig:
     val_samples: int = 500
     num_workers: int = 4
     weighted_sampling: bool = True  # uses the RITM SBD weights file when present
+    # True: a missing SBD weights file is an error (full); False: uniform sampling with a message
+    require_sample_weights: bool = True
+    # objects < 80 px after augmentation leave the object list; their pixels stay
+    # "not_background" (iSegProbe: out of the background negatives) or become "background"
+    small_object_pixels: str = "not_background"
+    # "isegprobe": numbered checkpoints at epochs 0, 3, ..., 12 and every epoch from 15, plus the
+    # final one ("last"); "last_only": the final checkpoint only
+    checkpoint_schedule: str = "isegprobe"
     amp: bool = False
     # "multistep" (the reference: lr × lr_gamma at each epoch milestone) | "cosine" (per step)
     lr_schedule: str = "multistep"
@@ -100,6 +111,8 @@ class EvalConfig:
     num_instances: int | None = None  # None = every instance
     datasets: tuple[str, ...] = ("GrabCut", "Berkeley", "DAVIS", "SBD")
     bootstrap: int = 1000
+    # which probe checkpoint to evaluate: "last" or an epoch number saved by the schedule
+    checkpoint: str = "last"
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,15 @@ _PRESETS["full"] = {
                   "train_save_every": 500,
                   "train_num_images": 1_000_000},
 }
+
+
+# Where ``small`` keeps the project's own choices while ``full`` (the dataclass defaults) follows
+# iSegProbe; docs/evaluation.md has the side-by-side table.
+_PRESETS["small"].setdefault("upsampler", {}).update(
+    {"weights": "trained", "featup_channelnorm": True, "frozen_bn_mode": "eval"})
+_PRESETS["small"].setdefault("train", {}).update(
+    {"require_sample_weights": False, "small_object_pixels": "background",
+     "checkpoint_schedule": "last_only"})
 
 
 def presets() -> list[str]:

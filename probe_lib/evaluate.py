@@ -125,10 +125,15 @@ def candidate_roi(prev_probs: np.ndarray, clicks: Sequence[Click], params: ZoomI
 
 
 class ZoomIn:
-    """Stateful ZoomIn of one instance's click sequence (SPEC §5.4 steps 1-3).
+    """Stateful ZoomIn of one instance's click sequence (steps 1-3 in ``docs/evaluation.md``).
 
     ``roi_for(prev_probs, clicks)`` returns the region the next prediction uses. Before the first
-    prediction (``prev_probs is None``) it is the whole image and no region is remembered yet.
+    prediction (``prev_probs is None``) the candidate is the whole image, and — as in iSegProbe's
+    ``core/inference/transforms/zoom_in.py`` with ``skip_clicks=-1`` — the whole image then becomes
+    the *remembered* region. So at click 2 the candidate box is compared with the whole image: it
+    only replaces it when a positive click lies outside (upper bounds exclusive, so a click on the
+    last row or column counts as outside) or the box IoU drops below ``recompute_thresh_iou``. A
+    large object therefore keeps the full view.
     """
 
     def __init__(self, params: ZoomInParams, image_shape: tuple[int, int]):
@@ -137,10 +142,10 @@ class ZoomIn:
         self.roi: Roi | None = None
 
     def roi_for(self, prev_probs: np.ndarray | None, clicks: Sequence[Click]) -> Roi:
-        full = (0, self.height - 1, 0, self.width - 1)
         if prev_probs is None:
-            return full
-        cand = candidate_roi(prev_probs, clicks, self.params)
+            cand = (0, self.height - 1, 0, self.width - 1)
+        else:
+            cand = candidate_roi(prev_probs, clicks, self.params)
         if (self.roi is None or not positive_clicks_inside(self.roi, clicks)
                 or bbox_iou(cand, self.roi) < self.params.recompute_thresh_iou):
             self.roi = cand
@@ -234,9 +239,11 @@ def predict_probs(predictor: Predictor, image: torch.Tensor, prev_probs: np.ndar
     if logits.ndim != 4 or logits.shape[0] != img.shape[0] or logits.shape[1] != 1:
         raise ValueError(f"the model must return logits (B, 1, S, S), got {tuple(logits.shape)}")
     logits = _resize(logits.float(), (t, t))
-    if flip:  # average logits, not probabilities (SPEC §9.6)
+    if flip:  # average logits, not probabilities
         logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
-    probs = torch.sigmoid(_resize(logits, (rh, rw)))[0, 0].cpu().numpy()
+    # sigmoid first, then resize the probabilities to the region: the reference's inverse
+    # transforms run flip -> sigmoid -> zoom-out, and resizing logits instead moves the 0.5 contour
+    probs = _resize(torch.sigmoid(logits), (rh, rw))[0, 0].cpu().numpy()
     out = np.zeros_like(prev_probs, dtype=np.float32)
     out[rmin:rmax + 1, cmin:cmax + 1] = probs
     return out

@@ -47,7 +47,8 @@ from probe_lib.utils import (
     get_device,
 )
 
-__all__ = ["ProbeTrainSet", "batch_loss", "default_out_path", "iou", "main", "train_probe", "validate"]
+__all__ = ["ProbeTrainSet", "batch_loss", "checkpoint_epochs", "default_out_path", "iou", "main",
+           "probe_checkpoint_path", "train_probe", "validate"]
 
 REFERENCE_SIZE = 224  # the recipe's crop; other sizes rescale the data by size / 224 first
 _BANK_STREAM = 2**31 - 2  # random stream of the crop bank's augmentations (never an epoch number)
@@ -56,6 +57,44 @@ _BANK_STREAM = 2**31 - 2  # random stream of the crop bank's augmentations (neve
 def default_out_path(cfg) -> Path:
     """``checkpoint_path("probe", f"{upsampler}-{injection}", preset)``."""
     return checkpoint_path("probe", f"{cfg.upsampler.name}-{cfg.probe.injection}", cfg.preset)
+
+
+CHECKPOINT_SCHEDULES = ("isegprobe", "last_only")
+
+
+def checkpoint_epochs(schedule: str, epochs: int) -> list[int]:
+    """0-based epochs that get a numbered probe checkpoint besides the final one ("last").
+
+    ``"isegprobe"`` follows iSegProbe's ``configs/train_cfg.yaml`` (``checkpoint_interval:
+    [[0, 3], [15, 1]]``): every 3rd epoch from 0, every epoch from 15. ``"last_only"``: none.
+    """
+    if schedule == "last_only":
+        return []
+    if schedule != "isegprobe":
+        raise ValueError(f"train.checkpoint_schedule={schedule!r}; valid: "
+                         f"{', '.join(CHECKPOINT_SCHEDULES)}")
+    return [e for e in range(int(epochs)) if (e % 3 == 0 if e < 15 else True)]
+
+
+def probe_checkpoint_path(cfg, which: str | int | None = None,
+                          out_path: str | os.PathLike | None = None) -> Path:
+    """The probe checkpoint to evaluate: ``which`` (default ``cfg.eval.checkpoint``) is
+    ``"last"`` (the final checkpoint, :func:`default_out_path` or ``out_path``) or an epoch number
+    saved by the schedule (``<stem>-epoch015.pt``)."""
+    which = cfg.eval.checkpoint if which is None else which
+    last = Path(out_path) if out_path is not None else default_out_path(cfg)
+    if str(which) == "last":
+        return last
+    try:
+        epoch = int(which)
+    except ValueError:
+        raise ValueError(f"eval.checkpoint={which!r}: expected 'last' or an epoch number"
+                         ) from None
+    return _numbered_path(last, epoch)
+
+
+def _numbered_path(out_path: Path, epoch: int) -> Path:
+    return out_path.with_name(f"{out_path.stem}-epoch{int(epoch):03d}{out_path.suffix}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,8 +116,9 @@ def _get_dataset(cfg, split: str):
 def _sample_weights(ds, cfg, json_path: str | os.PathLike | None = None) -> np.ndarray | None:
     """RITM's SBD image weights, p ∝ (1 - score)^1.25, aligned with ``ds`` by image name.
 
-    None (uniform sampling, with a message) when weighting is off, the dataset is not SBD, the
-    JSON file is absent or does not cover the dataset's images.
+    None when weighting is off or the dataset is not SBD. A JSON file that is absent or does not
+    cover the dataset's images is an error when ``cfg.train.require_sample_weights`` (``full``:
+    iSegProbe always samples with these weights), else uniform sampling with a message.
     """
     if not cfg.train.weighted_sampling or cfg.data.train_dataset != "SBD":
         return None
@@ -88,12 +128,22 @@ def _sample_weights(ds, cfg, json_path: str | os.PathLike | None = None) -> np.n
         json_path = Path(cfg.data.root) / "SBD" / "sbd_samples_weights.json"
     json_path = Path(json_path) if json_path is not None else default_weights_path()
     if not json_path.is_file():
+        if cfg.train.require_sample_weights:
+            raise FileNotFoundError(
+                f"no SBD sampling weights at {json_path} (train.require_sample_weights=True, as "
+                "iSegProbe samples SBD images with them); get them with "
+                "`python data_scripts/download.py sbd_weights`, or set "
+                "train.require_sample_weights=False to sample uniformly")
         print(f"[probe_lib] no SBD sampling weights at {json_path}: sampling images uniformly "
               "(get them with `python data_scripts/download.py sbd_weights`)")
         return None
     scores = {str(name): float(score) for _i, name, score in load_sample_records(json_path)}
     names = list(getattr(ds, "names", []))
     missing = [n for n in names if n not in scores]
+    if (not names or missing) and cfg.train.require_sample_weights:
+        raise ValueError(f"SBD sampling weights {json_path} do not cover the training images "
+                         f"(e.g. {missing[:3]}); re-fetch them with "
+                         "`python data_scripts/download.py sbd_weights`")
     if not names or missing:
         print(f"[probe_lib] SBD sampling weights do not cover the dataset (e.g. {missing[:3]}); "
               "sampling images uniformly")
@@ -112,8 +162,16 @@ class ProbeTrainSet(Dataset):
     """
 
     def __init__(self, ds, size: int, seed: int = 0, num_points: int = 24,
-                 augment: bool = True, bank_size: int = 0, num_images: int | None = None
-                 ) -> None:
+                 augment: bool = True, small_object_pixels: str = "background",
+                 bank_size: int = 0, num_images: int | None = None) -> None:
+        """``small_object_pixels``: what pixels of objects dropped after augmentation for being
+        too small become: ``"background"`` or ``"not_background"`` (iSegProbe: kept out of
+        the background negatives). ``bank_size`` > 0: items are crops of a fixed bank
+        (:meth:`crop`) of ``bank_size`` crops over the first ``num_images`` images."""
+        if small_object_pixels not in ("background", "not_background"):
+            raise ValueError(f"small_object_pixels={small_object_pixels!r}; valid: "
+                             "'background', 'not_background'")
+        self.small_object_pixels = small_object_pixels
         self.ds = ds
         self.size = size
         self.seed = seed
@@ -128,7 +186,7 @@ class ProbeTrainSet(Dataset):
         # their frozen features can be computed once; clicks are still drawn anew every epoch
         self.bank_size = int(bank_size)
         self.num_images = len(ds) if num_images is None else min(int(num_images), len(ds))
-        self._crops: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+        self._crops: dict[int, tuple] = {}
 
     def set_epoch(self, epoch: int, order: np.ndarray) -> None:
         self.epoch = int(epoch)
@@ -159,21 +217,23 @@ class ProbeTrainSet(Dataset):
         return image, objects, ignore, removed
 
     def _augment(self, index: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray | None]:
         image, objects, ignore, removed = self.load(index)
         if self.do_augment:
             a = self.augment(image, objects, ignore, rng)
-            return a.image, a.objects, a.ignore, removed
+            dropped = a.small_removed if self.small_object_pixels == "not_background" else None
+            return a.image, a.objects, a.ignore, removed, dropped
         s = self.size
         hs, ws = rng.random(), rng.random()
         image, objects, ignore = (random_crop(pad_if_needed(x, s, s), s, s, hs, ws)
                                   for x in (image, objects, ignore))
-        return image, objects, ignore, removed
+        return image, objects, ignore, removed, None
 
-    def crop(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def crop(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray | None]:
         """Bank crop ``j``: image ``j mod num_images`` augmented with ``[seed, BANK, j]``
         (the same in every epoch and process); ``(image uint8 (S, S, 3), objects, ignore,
-        objects_removed)``. Kept in memory after the first call (a few MB per 100 crops)."""
+        objects_removed, small-object pixels or None)``. Kept in memory after the first call
+        (a few MB per 100 crops)."""
         if not 0 <= j < self.bank_size:
             raise IndexError(f"crop {j} outside the bank of {self.bank_size} crops")
         if j not in self._crops:
@@ -185,10 +245,10 @@ class ProbeTrainSet(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(pos)])
         item = int(self.order[pos])
         if self.bank_size:
-            image, objects, ignore, removed = self.crop(item)
+            image, objects, ignore, removed, dropped = self.crop(item)
         else:
-            image, objects, ignore, removed = self._augment(item, rng)
-        points, gt = self.sampler(objects, rng, ignore=ignore)
+            image, objects, ignore, removed, dropped = self._augment(item, rng)
+        points, gt = self.sampler(objects, rng, ignore=ignore, not_background=dropped)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
                 / 255.0,
                 "points": torch.from_numpy(points), "gt": torch.from_numpy(gt),
@@ -475,7 +535,9 @@ def train_probe(
         raise ValueError("the training dataset has no images")
     size = cfg.probe.image_size
     train_set = ProbeTrainSet(train_ds, size, seed=tc.seed, num_points=tc.num_max_points,
+                              small_object_pixels=tc.small_object_pixels,
                               bank_size=tc.crop_bank, num_images=n_images)
+    numbered = set(checkpoint_epochs(tc.checkpoint_schedule, tc.epochs))
     # with a crop bank an epoch is one pass over the bank's crops, drawn uniformly
     n_items = tc.crop_bank or n_images
     weights = None if tc.crop_bank else _sample_weights(train_ds, cfg)
@@ -627,7 +689,9 @@ def train_probe(
                                   for k, v in record.items() if k != "epoch"))
             history["complete"] = epoch + 1 == tc.epochs
             if history["complete"]:
-                save_probe(model, out_path, cfg, metrics=record)
+                save_probe(model, out_path, cfg, metrics=record)  # "last"
+            if epoch in numbered:
+                save_probe(model, _numbered_path(out_path, epoch), cfg, metrics=record)
             save_state(epoch)
         if world > 1:
             torch.distributed.barrier()

@@ -78,3 +78,18 @@ def test_environment_yml_matches_pyproject():
     wanted = _names(project["dependencies"] + project["optional-dependencies"]["dev"])
     listed = _names([p for p in pip_section if not p.startswith("-e")])
     assert listed == wanted, f"only in pyproject: {wanted - listed}; only in env: {listed - wanted}"
+
+
+def test_full_reproduces_isegprobe_settings_small_keeps_project_choices():
+    full, small = make_config("full"), make_config("small")
+    assert full.upsampler.weights == "pretrained" and small.upsampler.weights == "trained"
+    assert full.upsampler.featup_channelnorm is False and small.upsampler.featup_channelnorm
+    assert full.upsampler.frozen_bn_mode == "reference" and small.upsampler.frozen_bn_mode == "eval"
+    assert full.train.require_sample_weights and not small.train.require_sample_weights
+    assert full.train.small_object_pixels == "not_background"
+    assert small.train.small_object_pixels == "background"
+    assert full.train.checkpoint_schedule == "isegprobe"
+    assert small.train.checkpoint_schedule == "last_only"
+    assert full.eval.checkpoint == "last" == small.eval.checkpoint
+    # an explicit choice still wins at full
+    assert make_config("full", upsampler__weights="trained").upsampler.weights == "trained"

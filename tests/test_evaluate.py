@@ -122,17 +122,33 @@ def test_zoomin_state_machine():
     p = ZoomInParams(min_crop_size=10, expansion_ratio=1.0)
     z = ZoomIn(p, (64, 64))
     assert z.roi_for(None, [(30, 30, True)]) == (0, 63, 0, 63)
-    assert z.roi is None  # the first prediction does not fix a region
+    assert z.roi == (0, 63, 0, 63)  # the whole image becomes the remembered region at click 1
     probs = np.zeros((64, 64), np.float32)
     probs[25:35, 25:35] = 1
+    # click 2: the candidate (box IoU with the whole image < 0.5) replaces the whole image
     first = z.roi_for(probs, [(30, 30, True)])
-    assert first == candidate_roi(probs, [(30, 30, True)], p)
+    assert first == candidate_roi(probs, [(30, 30, True)], p) != (0, 63, 0, 63)
     # a slightly different prediction keeps the region (bbox-IoU >= 0.5)
     probs[35, 25:35] = 1
     assert z.roi_for(probs, [(30, 30, True)]) == first
     # a positive click outside the region forces a new one
     second = z.roi_for(probs, [(30, 30, True), (60, 60, True)])
     assert second != first and second[1] >= 60
+
+
+def test_zoomin_keeps_the_whole_image_for_a_large_object_at_click_2():
+    p = ZoomInParams()  # iSegProbe's: ratio 1.4, min crop 200
+    z = ZoomIn(p, (240, 320))
+    clicks = [(120, 160, True)]
+    assert z.roi_for(None, clicks) == (0, 239, 0, 319)
+    probs = np.zeros((240, 320), np.float32)
+    probs[40:200, 40:280] = 1  # candidate box covers >= half of the image: no switch
+    assert bbox_iou(candidate_roi(probs, clicks, p), (0, 239, 0, 319)) >= 0.5
+    assert z.roi_for(probs, clicks) == (0, 239, 0, 319)
+    # a positive click on the last column is outside the whole-image region (upper bounds
+    # exclusive), so the candidate replaces it
+    clicks.append((100, 319, True))
+    assert z.roi_for(probs, clicks) == candidate_roi(probs, clicks, p) != (0, 239, 0, 319)
 
 
 # ------------------------------------------------------------------ the click loop

@@ -83,6 +83,61 @@ def test_remove_small_objects():
     assert set(np.unique(out)) == {0, 1}
 
 
+def test_small_objects_leave_the_list_but_stay_out_of_background_negatives():
+    aug = A.IsegAugment(crop_size=None, min_object_area=80)
+    lab = np.zeros((40, 40), np.int32)
+    lab[:20, :20] = 1
+    lab[30:33, 30:33] = 2  # 9 px: dropped
+    kept = A.remove_small_objects(lab, 80)
+    removed = (lab > 0) & (kept == 0)
+    from probe_lib.clicks import MultiPointSampler
+
+    sampler = MultiPointSampler(max_num_points=24, negative_bg_prob=1.0, negative_other_prob=0.0,
+                                negative_border_prob=0.0)
+    # no objects left: background negatives never land on the dropped object's pixels
+    only_small = np.where(lab == 2, 2, 0)
+    gone = A.remove_small_objects(only_small, 80)
+    hits_ref, hits_proj = 0, 0
+    for seed in range(200):
+        pts, _ = sampler(gone, np.random.default_rng(seed), not_background=only_small > 0)
+        neg = pts[24:][pts[24:, 0] >= 0].astype(int)
+        hits_ref += int((only_small[neg[:, 0], neg[:, 1]] > 0).sum())
+        pts, _ = sampler(gone, np.random.default_rng(seed))
+        neg = pts[24:][pts[24:, 0] >= 0].astype(int)
+        hits_proj += int((only_small[neg[:, 0], neg[:, 1]] > 0).sum())
+    assert hits_ref == 0 and hits_proj > 0
+    # with another object left, the dropped pixels count among the "other objects" negatives
+    other = MultiPointSampler(max_num_points=24, negative_bg_prob=0.0, negative_other_prob=1.0,
+                              negative_border_prob=0.0)
+    lab3 = kept.copy()
+    lab3[25:40, :12] = 3
+    got = 0
+    for seed in range(50):
+        pts, gt = other(lab3, np.random.default_rng(seed), not_background=removed)
+        neg = pts[24:][pts[24:, 0] >= 0].astype(int)
+        got += int(removed[neg[:, 0], neg[:, 1]].sum())
+        assert (gt[0][removed] == 0).all()  # never a positive target
+    assert got > 0
+    # the augmentation reports which pixels it dropped
+    out = aug(np.zeros((40, 40, 3), np.uint8), lab, None, np.random.default_rng(0))
+    assert out.small_removed is not None and out.small_removed.dtype == bool
+
+
+def test_checkpoint_schedule_and_probe_checkpoint_path(tmp_path):
+    from probe_lib.train import checkpoint_epochs, probe_checkpoint_path
+
+    assert checkpoint_epochs("isegprobe", 20) == [0, 3, 6, 9, 12, 15, 16, 17, 18, 19]
+    assert checkpoint_epochs("last_only", 20) == []
+    with pytest.raises(ValueError, match="checkpoint_schedule"):
+        checkpoint_epochs("weekly", 20)
+    cfg = make_config("full")
+    last = tmp_path / "lift-early-full.pt"
+    assert probe_checkpoint_path(cfg, out_path=last) == last
+    assert probe_checkpoint_path(cfg, 15, out_path=last).name == "lift-early-full-epoch015.pt"
+    with pytest.raises(ValueError, match="eval.checkpoint"):
+        probe_checkpoint_path(cfg, "best", out_path=last)
+
+
 # ------------------------------------------------------------------ toy data
 class ToyDataset:
     """Coloured rectangles on a noisy background: learnable in a few steps with a random backbone."""
@@ -132,9 +187,12 @@ def test_training_lowers_loss_and_raises_val_iou(tmp_path, backbone):
     from probe_lib.train import train_probe
 
     ds = ToyDataset(16)
-    cfg = tiny_cfg(epochs=3, num_images=16, upsampler__name="identity", injection="early")
+    cfg = tiny_cfg(epochs=3, num_images=16, upsampler__name="identity", injection="early",
+                   checkpoint_schedule="isegprobe")
     hist = train_probe(cfg, tmp_path / "p.pt", progress=False, train_dataset=ds,
                        val_dataset=ToyDataset(8, seed=1), backbone=backbone)
+    # iSegProbe's schedule: epoch 0 (then every 3rd) numbered, plus the final one
+    assert (tmp_path / "p-epoch000.pt").is_file() and not (tmp_path / "p-epoch001.pt").exists()
     ep = hist["epochs"]
     assert len(ep) == 3 and hist["complete"] and len(hist["steps"]) == 12
     losses = [s["loss"] for s in hist["steps"]]
@@ -273,7 +331,11 @@ def test_weighted_sampling_from_json(tmp_path):
     order = _epoch_order(3, 20000, seed=0, epoch=0, weights=w)
     assert (order != 2).all()  # score 1 -> never drawn
     assert abs((order == 0).mean() - w[0]) < 0.02
-    assert _sample_weights(Named(), cfg, json_path=tmp_path / "missing.json") is None
+    # full requires the file (iSegProbe always samples SBD with it); the error says how to get it
+    with pytest.raises(FileNotFoundError, match="download.py sbd_weights"):
+        _sample_weights(Named(), cfg, json_path=tmp_path / "missing.json")
+    lax = make_config("full", require_sample_weights=False)
+    assert _sample_weights(Named(), lax, json_path=tmp_path / "missing.json") is None
     assert _sample_weights(Named(), make_config("small"), json_path=path) is None  # synthetic
     plain = _epoch_order(5, 12, seed=0, epoch=1, weights=None)
     assert sorted(plain[:5]) == list(range(5))  # without weights: permutations, no repeats

@@ -500,7 +500,9 @@ def fetch_pretrained(cls: type[Upsampler]) -> Path:
     pw = cls.pretrained
     if pw is None:
         raise ValueError(f"{cls.name!r} has no official pretrained checkpoint; use "
-                         "weights='random' or a path to a checkpoint trained with probe_lib")
+                         "weights='trained' (our checkpoint, notebook "
+                         f"{TRAINING_NOTEBOOK.get(cls.name, '?')}), a path to a checkpoint "
+                         "trained with probe_lib, or weights='random'")
     target = weights_dir() / pw.filename
     if target.is_file():
         return target
@@ -607,11 +609,13 @@ def create_upsampler(name: str, dim: int = 384, weights: str | os.PathLike = "ra
 
 
 def load_trained_or_random(name: str, preset: str, backbone: Any = None, dim: int = 384,
-                           trainable: bool = False, **cfg: Any) -> Upsampler:
+                           trainable: bool = False, strict: bool = False,
+                           **cfg: Any) -> Upsampler:
     """Our trained ``<name>-<preset>.pt`` checkpoint if present, else random weights + a banner.
 
     Parameter-free methods (interpolation) are returned as is. ``backbone`` is passed through to
-    methods that hold one (``featsharp``).
+    methods that hold one (``featsharp``). ``strict=True`` (the ``full`` preset) raises a
+    FileNotFoundError saying how to get the checkpoint instead of falling back to random weights.
     """
     from probe_lib.utils import checkpoint_path
 
@@ -624,6 +628,11 @@ def load_trained_or_random(name: str, preset: str, backbone: Any = None, dim: in
     if path.is_file():
         return create_upsampler(cls.name, dim=dim, weights=path, trainable=trainable, **cfg)
     nb = TRAINING_NOTEBOOK.get(cls.name, "the upsampler training notebook")
+    if strict:
+        raise FileNotFoundError(
+            f"{cls.name}: no trained checkpoint at {path} (upsampler.weights='trained', preset "
+            f"{preset!r}); train it with notebook {nb}, or use upsampler.weights='pretrained' "
+            "for the official checkpoint")
     banner(f"{cls.name}: no trained checkpoint at {path}\n"
            f"random weights — results not meaningful; run notebook {nb} to train")
     return create_upsampler(cls.name, dim=dim, weights="random", trainable=trainable, **cfg)
@@ -642,8 +651,9 @@ TRAINING_NOTEBOOK = {
 def upsampler_from_config(cfg: Any, backbone: Any = None, dim: int | None = None,
                           trainable: bool = False) -> Upsampler:
     """Build ``cfg.upsampler`` (a ``probe_lib.config.Config``): ``weights="trained"`` means our
-    checkpoint for ``cfg.preset`` (random + banner when missing); otherwise as
-    :func:`create_upsampler`."""
+    checkpoint for ``cfg.preset`` (missing: an error at ``full``, random + banner at ``small``);
+    otherwise as :func:`create_upsampler` (``"pretrained"``: a missing official checkpoint is an
+    error saying where to get it)."""
     uc = cfg.upsampler
     dim = dim or getattr(backbone, "embed_dim", None) or 384
     extra = {"featup_channelnorm": uc.featup_channelnorm, "loftup_minmax_scope":
@@ -652,6 +662,7 @@ def upsampler_from_config(cfg: Any, backbone: Any = None, dim: int | None = None
         extra["backbone"] = backbone
     if uc.weights == "trained":
         return load_trained_or_random(uc.name, cfg.preset, dim=dim, trainable=trainable,
+                                      strict=cfg.preset == "full",
                                       frozen_bn_mode=uc.frozen_bn_mode, **extra)
     return create_upsampler(uc.name, dim=dim, weights=uc.weights, trainable=trainable,
                             frozen_bn_mode=uc.frozen_bn_mode, **extra)
