@@ -1,0 +1,277 @@
+"""Issue 13, "Security" and "Lost work": no code from a checkpoint, no silently discarded or
+replaced training, reproducible API training, orphan temporary files cleaned.
+
+Tests that check a user-facing message carry ``@pytest.mark.reliability("<input>")``; the table
+in docs/reliability.md is generated from them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from probe_lib.upsampler_training.loop import CheckpointConflict, fit, resume_path
+from probe_lib.upsamplers import create_upsampler
+from probe_lib.utils import atomic_torch_save, remove_orphan_tmp_files
+
+
+# ------------------------------------------------------------------ a code-running pickle payload
+class _Payload:
+    """Unpickling this runs ``os.system("touch <marker>")``, as a malicious checkpoint would."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _plant(path: Path, marker: Path, extra: dict | None = None) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "name": "tiny", "config": {},
+                "payload": _Payload(marker), **(extra or {})}, path)
+    return path
+
+
+def test_payload_is_live_when_fully_unpickled(tmp_path):
+    # the control for the refusal tests below: full unpickling really runs the payload
+    marker = tmp_path / "pwned"
+    path = _plant(tmp_path / "evil.pt", marker)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.reliability("create_upsampler(name, weights=<.pt whose pickle runs code>)")
+def test_create_upsampler_refuses_code_in_weights(tmp_path):
+    marker = tmp_path / "pwned"
+    path = _plant(tmp_path / "evil.pt", marker)
+    with pytest.raises(ValueError, match=r"refusing to load upsampler weights .*evil\.pt.*"
+                                         r"never unpickles arbitrary objects"):
+        create_upsampler("lift", dim=16, weights=path)
+    assert not marker.exists()
+
+
+def test_lightning_hyperparameter_objects_load_inertly(tmp_path, monkeypatch):
+    """An allow-listed foreign class (an omegaconf container, as Lightning checkpoints hold) is
+    unpickled as an inert stand-in: its own code never runs and the tensors load."""
+    marker = tmp_path / "ran_omegaconf_code"
+
+    class DictConfig:
+        def __init__(self, content):
+            self.content = content
+
+        def __setstate__(self, state):  # the real class's code: must not run on load
+            Path(marker).touch()
+            self.__dict__.update(state)
+
+    mod = types.ModuleType("omegaconf.dictconfig")
+    DictConfig.__module__, DictConfig.__qualname__ = "omegaconf.dictconfig", "DictConfig"
+    mod.DictConfig = DictConfig
+    monkeypatch.setitem(sys.modules, "omegaconf", types.ModuleType("omegaconf"))
+    monkeypatch.setitem(sys.modules, "omegaconf.dictconfig", mod)
+    src = create_upsampler("lift", dim=16)
+    ckpt = {"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()},
+            "hyper_parameters": DictConfig({"lr": 1e-3}), "pytorch-lightning_version": "2.1"}
+    path = tmp_path / "official.ckpt"
+    torch.save(ckpt, path)
+    loaded = create_upsampler("lift", dim=16, weights=path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ a tiny task for fit()
+class _Up(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class _Task:
+    name = "tiny"
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.upsampler = _Up()
+
+    def aux_modules(self):
+        return {}
+
+    def param_groups(self):
+        return [{"params": list(self.upsampler.parameters()), "lr": 1e-2}]
+
+    def loss(self, batch, step, gen):
+        noise = torch.randn(batch.shape, generator=gen) * 0.01
+        return {"loss": ((self.upsampler(batch + noise) - 0.5) ** 2).mean()}
+
+
+def _batch(step):
+    return torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(100 + step))
+
+
+def _cfg(lr=1e-2, thresh=0.5, seed=0):
+    return {"preset": "small", "upsampler": {"train_lr": lr, "train_log_every": 1},
+            "eval": {"prob_thresh": thresh}, "train": {"seed": seed, "epochs": 2}}
+
+
+def _fit(path, steps=4, config=None, overwrite=False, callbacks=None):
+    task = _Task()
+    res = fit(task, _batch, steps=steps, optimizer=torch.optim.NAdam(task.param_groups()),
+              checkpoint=path, config=config or _cfg(), backbone_id="tiny", log_every=1,
+              save_every=2, progress=False, overwrite=overwrite, callbacks=callbacks)
+    return task, res
+
+
+def _weights(task):
+    return {k: v.clone() for k, v in task.upsampler.state_dict().items()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.reliability("upsampler training with a planted <ckpt>.resume.pt whose pickle runs code")
+def test_fit_refuses_code_in_resume_state(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "up.pt"
+    _plant(resume_path(path), marker)
+    with pytest.raises(ValueError, match=r"refusing to load resumable training state .*"
+                                         r"up\.resume\.pt"):
+        _fit(path)
+    assert not marker.exists()
+
+
+@pytest.mark.reliability("upsampler training over a final checkpoint whose pickle runs code")
+def test_fit_refuses_code_in_final_checkpoint(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "up.pt"
+    _plant(path, marker)
+    with pytest.raises(ValueError, match=r"refusing to load upsampler training checkpoint"):
+        _fit(path)
+    assert not marker.exists()
+
+
+def test_non_defining_difference_keeps_the_finished_checkpoint(tmp_path):
+    path = tmp_path / "up.pt"
+    t1, _ = _fit(path)
+    before = path.read_bytes()
+    cfg = _cfg(thresh=0.49)
+    cfg["upsampler"]["train_log_every"] = 7  # logging cadence cannot change the weights
+    cfg["train"]["epochs"] = 9  # probe training setting
+    t2, res = _fit(path, config=cfg)
+    assert res.skipped and _same(_weights(t1), _weights(t2))
+    assert path.read_bytes() == before
+
+
+def test_longer_steps_continue_from_the_finished_checkpoint(tmp_path):
+    ref_task, ref = _fit(tmp_path / "ref.pt", steps=8)
+    path = tmp_path / "up.pt"
+    _fit(path, steps=4)
+    task, res = _fit(path, steps=8)
+    assert res.resumed_from == 4 and not res.skipped
+    # constant learning rate: continuing 4 -> 8 equals an uninterrupted 8-step run, bit for bit
+    assert _same(_weights(ref_task), _weights(task))
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]
+    ck = torch.load(path, weights_only=True)
+    assert ck["step"] == 8 and ck["extended_from"] == [4]
+
+
+@pytest.mark.reliability("upsampler training rerun with a different learning rate over a "
+                         "finished checkpoint")
+def test_defining_difference_stops_and_names_keys_and_flag(tmp_path):
+    path = tmp_path / "up.pt"
+    _fit(path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointConflict, match=r"(?s)upsampler\.train_lr: saved 0\.01, "
+                                                 r"requested 0\.001.*overwrite=True"):
+        _fit(path, config=_cfg(lr=1e-3))
+    with pytest.raises(CheckpointConflict, match=r"train\.seed: saved 0, requested 1"):
+        _fit(path, config=_cfg(seed=1))
+    assert path.read_bytes() == before  # never replaced without the flag
+    _, res = _fit(path, config=_cfg(lr=1e-3), overwrite=True)
+    assert not res.skipped and res.resumed_from == 0
+    assert torch.load(path, weights_only=True)["config"]["upsampler"]["train_lr"] == 1e-3
+
+
+@pytest.mark.reliability("upsampler training with fewer steps than the finished checkpoint")
+def test_fewer_steps_than_finished_stops(tmp_path):
+    path = tmp_path / "up.pt"
+    _fit(path, steps=4)
+    with pytest.raises(CheckpointConflict, match=r"trained for 4 steps, more than the 2 "
+                                                 r"requested: pass steps=4.*overwrite=True"):
+        _fit(path, steps=2)
+
+
+@pytest.mark.reliability("interrupted upsampler training resumed with a different learning rate")
+def test_resume_state_with_defining_difference_stops(tmp_path):
+    path = tmp_path / "up.pt"
+
+    def interrupt(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(path, steps=6, callbacks=[interrupt])
+    assert resume_path(path).exists()
+    with pytest.raises(CheckpointConflict, match=r"(?s)resumable state \(step 2\).*"
+                                                 r"upsampler\.train_lr.*overwrite=True"):
+        _fit(path, steps=6, config=_cfg(lr=5e-3))
+    assert resume_path(path).exists()  # kept
+    # an evaluation setting does not define the weights: the run resumes
+    ref_task, _ = _fit(tmp_path / "ref.pt", steps=6)
+    task, res = _fit(path, steps=6, config=_cfg(thresh=0.3))
+    assert res.resumed_from == 2 and _same(_weights(ref_task), _weights(task))
+
+
+# ------------------------------------------------------------------ seeded API training
+def test_api_training_init_is_seeded_from_the_config():
+    from probe_lib.backbones import create_backbone
+    from probe_lib.config import make_config
+    from probe_lib.upsampler_training.recipes import _trainable
+
+    bb = create_backbone("test_tiny")
+    cfg = make_config("small")
+    torch.manual_seed(1)
+    a = _trainable("lift", bb, cfg, device="cpu").state_dict()
+    torch.manual_seed(2)  # a different global RNG state, as in another process
+    b = _trainable("lift", bb, cfg, device="cpu").state_dict()
+    c = _trainable("lift", bb, make_config("small", seed=3), device="cpu").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed does reach the init
+
+
+# ------------------------------------------------------------------ orphan temporary files
+def test_orphan_tmp_from_a_killed_write_is_removed_on_next_start(tmp_path):
+    target = tmp_path / "up.pt"
+    code = ("import os, sys; from pathlib import Path; from probe_lib.utils import _atomic_replace\n"
+            "def w(f):\n    f.write(b'x' * 1000); f.flush(); os.kill(os.getpid(), 9)\n"
+            "_atomic_replace(Path(sys.argv[1]), w)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == -9
+    orphans = list(tmp_path.glob(".up.pt.*.tmp"))
+    assert len(orphans) == 1 and not target.exists()
+    live = tmp_path / f".other.pt.pid{os.getpid()}.abcd1234.tmp"  # a write in progress here
+    live.write_bytes(b"y")
+    foreign = tmp_path / ".notes.tmp"  # not ours
+    foreign.write_bytes(b"z")
+    _fit(target, steps=2)  # the next start of the training cleans the folder
+    assert not orphans[0].exists() and live.exists() and foreign.exists()
+    assert target.exists()
+
+
+def test_atomic_write_cleans_its_own_orphans(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f".a.pt.pid{dead}.zz9_ab12.tmp"
+    orphan.write_bytes(b"half")
+    atomic_torch_save({"x": torch.ones(1)}, tmp_path / "a.pt")
+    assert not orphan.exists()
+    assert remove_orphan_tmp_files(tmp_path) == []
