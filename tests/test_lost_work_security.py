@@ -275,3 +275,57 @@ def test_atomic_write_cleans_its_own_orphans(tmp_path):
     atomic_torch_save({"x": torch.ones(1)}, tmp_path / "a.pt")
     assert not orphan.exists()
     assert remove_orphan_tmp_files(tmp_path) == []
+
+
+# ------------------------------------------------------------------ sweep --force
+@pytest.mark.reliability("sweep --force whose rerun fails")
+def test_sweep_force_keeps_old_results_until_the_rerun_succeeds(tmp_path, monkeypatch):
+    from probe_lib import sweep as sweep_mod
+
+    fail = {"on": False}
+
+    def fake(stem, out_path, parameters, log):  # a fake notebook: writes a result or fails
+        if fail["on"] and stem == sweep_mod.EVAL_NOTEBOOK:
+            raise RuntimeError("evaluation exploded")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text("{}")
+        (out_path.parent / f"{stem}.result").write_text("new" if fail["on"] else "old")
+        return 0.01
+
+    monkeypatch.setattr(sweep_mod, "_execute", fake)
+    run = sweep_mod.Run("bilinear", "patch_embed", "early")
+    st = sweep_mod.run_one("small", run, tmp_path, log=lambda m: None)
+    run_dir = tmp_path / run.name("small")
+    assert st["status"] == "done"
+    before = {p.name: p.read_text() for p in run_dir.iterdir()}
+    fail["on"] = True
+    logs = []
+    st = sweep_mod.run_one("small", run, tmp_path, force=True, log=logs.append)
+    assert st["status"] == "failed"
+    assert "evaluation exploded" in st["message"] and "previous results restored" in st["message"]
+    assert {p.name: p.read_text() for p in run_dir.iterdir()} == before  # old results intact
+    assert not sweep_mod.force_backup_dir(tmp_path, run.name("small")).exists()
+    assert (tmp_path / f"{run.name('small')}.force-failed.json").is_file()
+    # a successful --force rerun replaces the folder and drops the backup
+    fail["on"] = False
+    st = sweep_mod.run_one("small", run, tmp_path, force=True, log=logs.append)
+    assert st["status"] == "done"
+    assert not sweep_mod.force_backup_dir(tmp_path, run.name("small")).exists()
+
+
+def test_sweep_restores_results_kept_aside_by_a_killed_force_rerun(tmp_path, monkeypatch):
+    from probe_lib import sweep as sweep_mod
+
+    calls = []
+    monkeypatch.setattr(sweep_mod, "_execute", lambda stem, out, params, log: calls.append(stem))
+    run = sweep_mod.Run("bilinear", "patch_embed", "early")
+    name = run.name("small")
+    backup = sweep_mod.force_backup_dir(tmp_path, name)
+    backup.mkdir(parents=True)
+    (backup / "precious.txt").write_text("old")
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "partial.txt").write_text("half")  # the killed rerun's leftovers
+    logs = []
+    sweep_mod.run_one("small", run, tmp_path, log=logs.append)
+    assert (tmp_path / name / "precious.txt").read_text() == "old"
+    assert not backup.exists() and any("interrupted --force" in m for m in logs)
