@@ -7,12 +7,17 @@ in docs/reliability.md is generated from them.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -329,3 +334,175 @@ def test_sweep_restores_results_kept_aside_by_a_killed_force_rerun(tmp_path, mon
     sweep_mod.run_one("small", run, tmp_path, log=logs.append)
     assert (tmp_path / name / "precious.txt").read_text() == "old"
     assert not backup.exists() and any("interrupted --force" in m for m in logs)
+
+
+# ------------------------------------------------------------------ downloader: no stitched files
+class _Server(http.server.BaseHTTPRequestHandler):
+    """Serves ``files[path] = (data, etag)``; honours Range + If-Range; ``cut[path] = n`` sends
+    only n bytes of the body and drops the connection (an interrupted transfer)."""
+
+    files: dict = {}  # noqa: RUF012 - reset by the fixture
+    cut: dict = {}  # noqa: RUF012
+    log: list = []  # noqa: RUF012
+
+    def do_GET(self):
+        rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+        type(self).log.append((self.path, rng, if_range))
+        if self.path not in self.files:
+            self.send_error(404)
+            return
+        data, etag = self.files[self.path]
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        if rng and if_range and if_range != etag:
+            start = 0  # changed file: RFC 7233 says send it whole
+        partial = rng is not None and start > 0
+        body = data[start:]
+        self.send_response(206 if partial else 200)
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        n = self.cut.pop(self.path, None)
+        self.wfile.write(body[:n] if n is not None else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBE_LIB_CACHE", str(tmp_path / "cache"))
+    _Server.files, _Server.cut, _Server.log = {}, {}, []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+def _data(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_resume_same_url_same_etag_continues_but_records_no_hash(tmp_path, server, capsys):
+    from probe_lib.data import download as dl
+
+    data = _data(300_000, 1)
+    _Server.files["/a.zip"] = (data, '"v1"')
+    _Server.cut["/a.zip"] = 100_000
+    dest = tmp_path / "a.zip"
+    with pytest.raises(dl.DownloadError, match="run again to resume"):
+        dl.download_file(f"{server}/a.zip", dest, key="X/a.zip", progress=False)
+    dl.download_file(f"{server}/a.zip", dest, key="X/a.zip", progress=False)
+    assert dest.read_bytes() == data
+    assert _Server.log[-1][1:] == ("bytes=100000-", '"v1"')  # resumed, validated by If-Range
+    assert "no sha256 recorded" in capsys.readouterr().out
+    assert dl.expected_sha256("X/a.zip", None) == (None, "none")  # resumed: never trusted
+    assert list(tmp_path.glob("a.zip.*")) == []  # partial and its source record cleaned
+
+
+def test_changed_file_at_same_url_starts_over(tmp_path, server):
+    from probe_lib.data import download as dl
+
+    old, new = _data(300_000, 1), _data(300_000, 2)
+    _Server.files["/a.zip"] = (old, '"v1"')
+    _Server.cut["/a.zip"] = 100_000
+    dest = tmp_path / "a.zip"
+    with pytest.raises(dl.DownloadError):
+        dl.download_file(f"{server}/a.zip", dest, key="X/a.zip", progress=False)
+    _Server.files["/a.zip"] = (new, '"v2"')  # same size, other content
+    dl.download_file(f"{server}/a.zip", dest, key="X/a.zip", progress=False)
+    assert dest.read_bytes() == new  # not old[:100000] + new[100000:]
+    # one clean transfer: now trusted on first use
+    assert dl.expected_sha256("X/a.zip", None)[1] == "recorded"
+
+
+def test_mirror_never_continues_another_urls_partial(tmp_path, server):
+    from probe_lib.data import download as dl
+
+    first, mirror = _data(300_000, 1), _data(300_000, 3)
+    _Server.files["/a.zip"] = (first, '"v1"')
+    _Server.files["/m/a.zip"] = (mirror, '"v1"')  # same size and even the same ETag
+    _Server.cut["/a.zip"] = 100_000
+    man = {"X": {"description": "t", "license": "t", "citation": "t",
+                 "files": [{"name": "a.zip", "url": f"{server}/a.zip", "unpack": False,
+                            "mirrors": [f"{server}/m/a.zip"], "sha256": None}]}}
+    # the first URL drops mid-transfer, the mirror then serves the whole file
+    dl.fetch_dataset("X", tmp_path / "data", manifest=man, progress=False)
+    got = (tmp_path / "data" / "_downloads" / "a.zip").read_bytes()
+    assert got == mirror
+    assert _Server.log[-1] == ("/m/a.zip", None, None)  # fetched from byte 0
+
+
+def test_server_without_range_support_starts_over(tmp_path, server, monkeypatch):
+    from probe_lib.data import download as dl
+
+    data = _data(200_000, 4)
+    _Server.files["/a.zip"] = (data, '"v1"')
+    _Server.cut["/a.zip"] = 50_000
+    dest = tmp_path / "a.zip"
+    with pytest.raises(dl.DownloadError):
+        dl.download_file(f"{server}/a.zip", dest, progress=False)
+    real = _Server.do_GET
+
+    def ignore_range(self):  # an old server: always the whole file with 200
+        del self.headers["Range"]
+        real(self)
+
+    monkeypatch.setattr(_Server, "do_GET", ignore_range)
+    dl.download_file(f"{server}/a.zip", dest, progress=False)
+    assert dest.read_bytes() == data
+
+
+def test_file_url_partial_not_continued_after_the_source_changed(tmp_path):
+    from probe_lib.data import download as dl
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(_data(100_000, 5))
+    part = dl.partial_path(tmp_path / "d.bin", src.as_uri())
+    part.write_bytes(src.read_bytes()[:40_000])
+    part.with_name(part.name + ".json").write_text(json.dumps(
+        {"size": 100_000, "mtime_ns": src.stat().st_mtime_ns}))
+    time.sleep(0.01)
+    new = _data(100_000, 6)
+    src.write_bytes(new)  # same size, new mtime
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10_000_000))
+    dl.download_file(src.as_uri(), tmp_path / "d.bin", progress=False)
+    assert (tmp_path / "d.bin").read_bytes() == new
+
+
+@pytest.mark.reliability("download whose sha256 differs from a wrongly recorded first-use hash")
+def test_forget_hash_clears_a_bad_record(tmp_path, server, capsys):
+    from probe_lib.data import download as dl
+
+    data = _data(50_000, 7)
+    _Server.files["/a.zip"] = (data, '"v1"')
+    dl.record_sha256("X/a.zip", "0" * 64, 1, "bad earlier download")
+    man_path = tmp_path / "manifest.json"
+    man_path.write_text(json.dumps({"X": {
+        "description": "t", "license": "t", "citation": "t",
+        "files": [{"name": "a.zip", "url": f"{server}/a.zip", "unpack": False, "mirrors": [],
+                   "sha256": None}]}}))
+    root = tmp_path / "data"
+    rc = dl.main(["X", "--root", str(root), "--manifest", str(man_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "sha256 mismatch" in err and "--forget-hash X/a.zip" in err
+    # the advised fix works: forget the record, download again
+    assert dl.main(["--forget-hash", "X"]) == 0
+    assert "forgot recorded sha256 of X/a.zip" in capsys.readouterr().out
+    rc = dl.main(["X", "--root", str(root), "--manifest", str(man_path), "--no-progress"])
+    assert rc == 0 and (root / "_downloads" / "a.zip").read_bytes() == data
+    assert dl.expected_sha256("X/a.zip", None)[0] == dl.sha256_file(root / "_downloads" / "a.zip")
+
+
+def test_existing_download_is_verified_but_never_recorded(tmp_path):
+    from probe_lib.data import download as dl
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abc")
+    dest = tmp_path / "dl" / "f.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(b"whatever was left here")  # e.g. put there by hand, or stitched earlier
+    dl.download_file(src.as_uri(), dest, key="Y/f.bin", progress=False)
+    assert dl.expected_sha256("Y/f.bin", None) == (None, "none")
