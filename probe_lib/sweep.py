@@ -12,8 +12,9 @@
 
 A finished run (``run.json`` with status ``done`` and the same config hash) is skipped on rerun; a
 run folder written with another configuration is left untouched and reported (``--force``
-replaces it); a failed run is recorded and reported without stopping the others. The exit code is
-1 when any run failed.
+replaces it: the old folder is moved to ``<root>/.force-backup/`` and deleted only after the rerun
+succeeded; a failed rerun puts it back); a failed run is recorded and reported without stopping
+the others. The exit code is 1 when any run failed.
 
 ``--jobs N`` runs N notebooks at a time (independent upsampler trainings, then grid cells, the
 costliest first), each kernel with ``cpu_count // N`` torch threads. On the 2-core CPU two
@@ -209,6 +210,13 @@ def run_one(preset: str, run: Run, root: Path, *, force: bool = False, extra: di
                                                     if k != "OUT_DIR"}}
     h = config_hash(ident)
     meta_path = run_dir / "run.json"
+    backup = force_backup_dir(root, name)
+    if backup.exists():  # an earlier --force rerun was killed before it finished
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.replace(backup, run_dir)
+        log(f"{name}: restored the results kept aside by an interrupted --force rerun")
+    moved_aside = False
     if meta_path.is_file():
         try:
             old = json.loads(meta_path.read_text())
@@ -224,8 +232,11 @@ def run_one(preset: str, run: Run, root: Path, *, force: bool = False, extra: di
             log(f"{name}: already done, skipped")
             return {"run": name, "status": "skipped", "seconds": old.get("total_seconds", 0.0),
                     "message": "finished earlier (same config hash)"}
-        if force and old.get("config_hash") != h:
-            shutil.rmtree(run_dir)
+    if force and run_dir.exists():
+        # keep the old results until the rerun has succeeded
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir, backup)
+        moved_aside = True
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"run": name, "config_hash": h, "identity": ident, "status": "running",
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": {}}
@@ -242,9 +253,26 @@ def run_one(preset: str, run: Run, root: Path, *, force: bool = False, extra: di
         doc["error"] = traceback.format_exc()[-4000:]
         log(f"{name}: FAILED: {msg}")
     doc["total_seconds"] = time.perf_counter() - t0
+    if moved_aside and doc["status"] != "done":
+        # the rerun failed: put the old results back, keep the failed attempt's report beside
+        failed = root / f"{name}.force-failed.json"
+        atomic_write_json(doc, failed)
+        shutil.rmtree(run_dir)
+        os.replace(backup, run_dir)
+        msg += f" (--force rerun failed: previous results restored in {run_dir}; report {failed})"
+        log(f"{name}: previous results restored")
+        return {"run": name, "status": "failed", "seconds": doc["total_seconds"], "message": msg}
     atomic_write_json(doc, meta_path)
+    if moved_aside:
+        shutil.rmtree(backup)
     return {"run": name, "status": doc["status"], "seconds": doc["total_seconds"],
             "message": msg}
+
+
+def force_backup_dir(root: Path, name: str) -> Path:
+    """Where ``--force`` keeps a run's previous folder until the rerun succeeds (outside the
+    ``<root>/*/`` pattern that the results table reads)."""
+    return root / ".force-backup" / name
 
 
 def default_jobs() -> int:
@@ -344,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None,
                    help="run names or upsampler names to run (default: the whole grid)")
     p.add_argument("--force", action="store_true",
-                   help="rerun finished runs and replace folders of other configurations")
+                   help="rerun finished runs and replace folders of other configurations (the old "
+                        "folder is kept aside and restored if the rerun fails)")
     p.add_argument("--no-upsampler-training", action="store_true",
                    help="do not run notebooks 03/06/07/08 for missing upsampler checkpoints "
                         "(probes then use random upsampler weights, marked in the summary)")

@@ -45,6 +45,7 @@ from probe_lib.utils import (
     banner,
     checkpoint_path,
     get_device,
+    remove_orphan_tmp_files,
 )
 
 __all__ = ["ProbeTrainSet", "batch_loss", "checkpoint_epochs", "default_out_path", "iou", "main",
@@ -484,6 +485,7 @@ def train_probe(
                          f"processes ({world})")
     out_path = Path(out_path) if out_path is not None else default_out_path(cfg)
     state_path, hist_path = _state_path(out_path), _history_path(out_path)
+    remove_orphan_tmp_files(out_path.parent)  # left by a kill during an earlier atomic write
 
     state = None
     if resume and state_path.is_file():

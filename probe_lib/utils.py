@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +72,62 @@ def banner(message: str, *, file=None) -> str:
     return text
 
 
+_TMP_SUFFIX = ".tmp"
+ORPHAN_TMP_MIN_AGE_S = 600.0  # a temporary file without a live owner id is orphaned after this
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else, or cannot tell: keep its file
+    return True
+
+
+def remove_orphan_tmp_files(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete temporary files left by an atomic write that was killed midway.
+
+    :func:`_atomic_replace` writes ``.<name>.pid<PID>.<random>.tmp`` beside its target. A file is
+    removed when its writer process no longer exists (files without a pid, from older versions,
+    when untouched for :data:`ORPHAN_TMP_MIN_AGE_S`). A live writer's file is never touched.
+
+    Args:
+        name: only temporaries of this target file name (default: every target in ``folder``).
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in folder.glob(f".{glob.escape(name or '')}*{_TMP_SUFFIX}"):
+        m = re.fullmatch(r"\..+\.pid(\d+)\.[a-z0-9_]{8}\.tmp", tmp.name)
+        try:
+            if m:
+                orphan = not _pid_alive(int(m.group(1)))
+            elif not re.fullmatch(r"\..+\.[a-z0-9_]{8}\.tmp", tmp.name):
+                continue  # not written by _atomic_replace
+            else:
+                orphan = time.time() - tmp.stat().st_mtime > ORPHAN_TMP_MIN_AGE_S
+            if orphan and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {folder}: "
+              + ", ".join(p.name for p in removed[:5]))
+    return removed
+
+
 def _atomic_replace(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphan_tmp_files(path.parent, path.name + ".pid")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=_TMP_SUFFIX,
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -45,7 +45,8 @@ def test_file_url_download_records_hash_on_first_use(tmp_path):
     src.write_bytes(_blob()[:-1] + b"x")
     with pytest.raises(ValueError, match="sha256 mismatch"):
         dl.download_file(src.as_uri(), tmp_path / "out" / "a.bin", progress=False)
-    assert not dest.exists() and (tmp_path / "out" / "a.bin.part.bad").exists()
+    assert not dest.exists()
+    assert dl.partial_path(dest, src.as_uri()).with_suffix(".part.bad").exists()
 
 
 def test_manifest_hash_wins(tmp_path):
@@ -61,12 +62,16 @@ def test_resume_from_part_file(tmp_path):
     data = _blob()
     src = tmp_path / "src.bin"
     src.write_bytes(data)
-    part = tmp_path / "d.bin.part"
+    same = {"url": src.as_uri(), "size": len(data), "mtime_ns": src.stat().st_mtime_ns}
+    part = dl.partial_path(tmp_path / "d.bin", src.as_uri())
     part.write_bytes(data[:123_457])
+    part.with_name(part.name + ".json").write_text(json.dumps(same))
     dl.download_file(src.as_uri(), tmp_path / "d.bin", progress=False)
     assert (tmp_path / "d.bin").read_bytes() == data
-    # a stale .part longer than the file starts over instead of failing forever
-    (tmp_path / "e.bin.part").write_bytes(data + b"extra")
+    # a stale partial longer than the file starts over instead of failing forever
+    part = dl.partial_path(tmp_path / "e.bin", src.as_uri())
+    part.write_bytes(data + b"extra")
+    part.with_name(part.name + ".json").write_text(json.dumps(same))
     dl.download_file(src.as_uri(), tmp_path / "e.bin", key="d.bin", progress=False)
     assert (tmp_path / "e.bin").read_bytes() == data
 
@@ -99,7 +104,9 @@ def test_http_range_resume(tmp_path):
     th.start()
     try:
         url = f"http://127.0.0.1:{srv.server_port}/f.bin"
-        (tmp_path / "f.bin.part").write_bytes(data[:50_000])
+        part = dl.partial_path(tmp_path / "f.bin", url)
+        part.write_bytes(data[:50_000])
+        part.with_name(part.name + ".json").write_text(json.dumps({"size": len(data)}))
         dl.download_file(url, tmp_path / "f.bin", progress=False)
     finally:
         srv.shutdown()

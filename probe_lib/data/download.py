@@ -1,10 +1,14 @@
 """Shared downloader for ``data_scripts/``: resumable, checksummed, safe unpacking.
 
-* :func:`download_file` -- HTTP(S) with ``Range`` resume of a ``.part`` file (``file://`` URLs
-  resume by seeking, which is how the tests exercise it), a tqdm bar, sha256 verification.
-* Hashes: a sha256 in ``data_scripts/manifest.json`` wins; when it is null the first download's
-  hash is recorded in ``$PROBE_LIB_CACHE/hashes.json`` (trust on first use) and every later
-  download or ``--verify-only`` run is checked against it.
+* :func:`download_file` -- HTTP(S) with ``Range`` resume of a per-URL partial file
+  ``<file>.<url hash>.part`` (``file://`` URLs resume by seeking), a tqdm bar, sha256
+  verification. A partial is continued only from the URL that started it and only when the
+  source is provably the same file (same size, and the same ETag / Last-Modified for HTTP, sent
+  as ``If-Range``; same size and mtime for ``file://``); otherwise the download starts over.
+* Hashes: a sha256 in ``data_scripts/manifest.json`` wins; when it is null the hash of a file
+  fetched in one uninterrupted transfer is recorded in ``$PROBE_LIB_CACHE/hashes.json`` (trust on
+  first use) and every later download or ``--verify-only`` run is checked against it. A resumed
+  download is never recorded. ``--forget-hash NAME`` deletes a record.
 * :func:`safe_extract` -- zip/tar unpacking that refuses absolute paths, ``..`` components,
   links and device files (no path traversal).
 * :func:`fetch_dataset` -- one manifest entry end to end: each URL in turn (original, then the
@@ -13,7 +17,9 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -86,14 +92,29 @@ def record_sha256(key: str, sha: str, size: int, url: str) -> None:
     atomic_write_json(hashes, hashes_path())
 
 
+def forget_hash(key: str) -> list[str]:
+    """Delete recorded hashes: ``key`` is an exact record key (``"GrabCut/GrabCut.zip"``) or a
+    dataset name (every ``"<name>/..."`` record, case-insensitive). Returns the removed keys."""
+    hashes = _read_hashes()
+    gone = [k for k in hashes if k == key or k.lower().startswith(key.lower().rstrip("/") + "/")]
+    for k in gone:
+        del hashes[k]
+    if gone:
+        atomic_write_json(hashes, hashes_path())
+    return gone
+
+
 def verify_file(path: str | os.PathLike, key: str, manifest_sha: str | None = None,
                 record: bool = True, url: str = "") -> str:
     """Check ``path`` against the manifest or recorded sha256; record it on first use.
 
+    Args:
+        record: record the hash when none is known (only for a file fetched in one transfer).
     Returns:
-        ``"manifest"`` / ``"recorded"`` when it matched, ``"first-use"`` when newly recorded.
+        ``"manifest"`` / ``"recorded"`` when it matched, ``"first-use"`` when newly recorded,
+        ``"none"`` when no hash is known and none was recorded.
     Raises:
-        ValueError naming the file and both hashes on a mismatch.
+        ValueError naming the file, both hashes and how to recover on a mismatch.
     """
     path = Path(path)
     sha = sha256_file(path)
@@ -101,88 +122,156 @@ def verify_file(path: str | os.PathLike, key: str, manifest_sha: str | None = No
     if want is None:
         if record:
             record_sha256(key, sha, path.stat().st_size, url)
-        return "first-use"
+            return "first-use"
+        return "none"
     if sha != want:
+        if source == "manifest":
+            advice = ("The manifest's hash (data_scripts/manifest.json) is authoritative: the "
+                      "download is corrupt or the upstream file changed. Delete the file and "
+                      "download again; if it still differs, the source changed.")
+        else:
+            advice = (f"The expected hash was recorded on first use in {hashes_path()} (key "
+                      f"{key!r}). If that record is the wrong one, clear it with `python "
+                      f"data_scripts/download.py --forget-hash {key}` and download again; "
+                      "otherwise delete the file and download again.")
         raise ValueError(f"sha256 mismatch for {path}: got {sha}, expected {want} ({source} "
-                         f"hash; the {source} record is in "
-                         f"{'data_scripts/manifest.json' if source == 'manifest' else hashes_path()})."
-                         " Delete the file to download it again.")
+                         f"hash). {advice}")
     return source
 
 
-def _open(url: str, offset: int, timeout: float):
-    """Open ``url`` from byte ``offset``; returns (stream, total size or None, resumed?)."""
+def partial_path(dest: str | os.PathLike, url: str) -> Path:
+    """The partial file of ``dest`` downloaded from ``url``: ``<dest>.<sha256(url)[:12]>.part``
+    (one per source, so a mirror never continues another URL's bytes)."""
+    dest = Path(dest)
+    return dest.with_name(f"{dest.name}.{hashlib.sha256(url.encode()).hexdigest()[:12]}.part")
+
+
+def _source_of(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _same_source(expect: dict | None, got: dict) -> bool:
+    """The partial was started on the same file: equal size and equal validators (ETag,
+    Last-Modified, mtime; a validator offered on one side only counts as a difference)."""
+    if not expect or expect.get("size") is None or expect.get("size") != got.get("size"):
+        return False
+    return all(expect.get(k) == got.get(k) for k in ("etag", "last_modified", "mtime_ns"))
+
+
+def _open(url: str, offset: int, timeout: float, expect: dict | None):
+    """Open ``url``, continuing at byte ``offset`` only if the source matches ``expect``.
+
+    Returns:
+        ``(stream, validators, resumed)``; ``validators`` holds ``size`` and ``etag`` /
+        ``last_modified`` (HTTP) or ``mtime_ns`` (file://). When not ``resumed`` the stream starts
+        at byte 0.
+    """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
         local = Path(urllib.request.url2pathname(parsed.path))
         f = open(local, "rb")  # noqa: SIM115 - returned to the caller, closed there
-        total = local.stat().st_size
-        f.seek(min(offset, total))
-        return f, total, offset > 0
+        st = os.fstat(f.fileno())
+        got = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        resumed = bool(offset) and _same_source(expect, got) and offset <= st.st_size
+        f.seek(offset if resumed else 0)
+        return f, got, resumed
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if offset:
+    if offset and expect:
         req.add_header("Range", f"bytes={offset}-")
+        etag = expect.get("etag")
+        if etag and not etag.startswith("W/"):
+            req.add_header("If-Range", etag)  # the server sends the whole file if it changed
+        elif expect.get("last_modified"):
+            req.add_header("If-Range", expect["last_modified"])
     resp = urllib.request.urlopen(req, timeout=timeout)  # URLs come from the manifest
     length = resp.headers.get("Content-Length")
-    if offset and resp.status == 206:
-        crange = resp.headers.get("Content-Range", "")
-        total = int(crange.rsplit("/", 1)[1]) if "/" in crange and not crange.endswith("*") \
-            else (offset + int(length) if length else None)
-        return resp, total, True
-    return resp, int(length) if length else None, False
+    got = {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified"),
+           "size": int(length) if length else None}
+    if resp.status == 206:
+        crange = resp.headers.get("Content-Range", "")  # "bytes START-END/TOTAL"
+        try:
+            start = int(crange.split()[1].split("-")[0])
+            got["size"] = int(crange.rsplit("/", 1)[1])
+        except (IndexError, ValueError):
+            start, got["size"] = -1, None
+        if start == offset and _same_source(expect, got):
+            return resp, got, True
+        resp.close()  # another file, or a range we did not ask for: start over
+        return _open(url, 0, timeout, None)
+    return resp, got, False
 
 
 def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
                   key: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` (resumable), verify it, and return ``dest``.
 
-    A partial download lives in ``<dest>.part``; a later call continues it with an HTTP Range
-    request (a server that ignores Range makes it start over). After completion the file is
-    verified against ``sha256`` (or the trust-on-first-use record under ``key``, default the
-    file name) and renamed to ``dest``. An existing ``dest`` is only verified.
+    A partial download lives in :func:`partial_path` with the source's size and validators
+    beside it (``<partial>.json``); a later call from the same URL continues it only when the
+    server proves it is the same file (206 at the right offset, same size and ETag/Last-Modified;
+    ``If-Range`` makes a changed file come back whole). Anything else starts over. The result is
+    verified against ``sha256`` (or the trust-on-first-use record under ``key``, default the file
+    name) and renamed to ``dest``; a hash is recorded on first use only for a file fetched in one
+    transfer, never for a resumed one. An existing ``dest`` is only verified (never recorded).
+
+    Raises:
+        DownloadError: incomplete or interrupted transfer (rerun to resume).
+        ValueError: sha256 mismatch (the file is kept as ``<partial>.bad``).
     """
     from tqdm.auto import tqdm
 
     dest = Path(dest)
     key = key or dest.name
     if dest.is_file():
-        verify_file(dest, key, sha256, url=url)
+        verify_file(dest, key, sha256, record=False, url=url)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
+    part, meta_path = partial_path(dest, url), _source_of(partial_path(dest, url))
     try:
-        stream, total, resumed = _open(url, offset, timeout)
+        expect = json.loads(meta_path.read_text()) if part.is_file() else None
+    except (OSError, ValueError):
+        expect = None  # a partial without its source record is never continued
+    offset = part.stat().st_size if expect else 0
+    try:
+        stream, got, resumed = _open(url, offset, timeout, expect)
     except urllib.error.HTTPError as e:
-        if e.code != 416 or not offset:  # 416: the .part is not a prefix we can extend
+        if e.code != 416 or not offset:  # 416: the partial is not a prefix we can extend
             raise
-        part.unlink()
-        offset = 0
-        stream, total, resumed = _open(url, 0, timeout)
-    if resumed and total is not None and offset > total:  # a stale, longer .part: start over
-        stream.close()
-        stream, total, resumed = _open(url, 0, timeout)
+        stream, got, resumed = _open(url, 0, timeout, None)
     if not resumed:
         offset = 0
+        atomic_write_json({"url": url, **got}, meta_path)
     try:
         with open(part, "ab" if resumed else "wb") as out, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, disable=not progress) as bar:
+                total=got.get("size"), initial=offset, unit="B", unit_scale=True,
+                unit_divisor=1024, desc=dest.name, disable=not progress) as bar:
             for block in iter(lambda: stream.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))
+    except (http.client.HTTPException, OSError) as e:
+        raise DownloadError(f"download of {url} interrupted after {part.stat().st_size} bytes "
+                            f"({type(e).__name__}: {e}); {part} is kept: run again to resume "
+                            "from the same URL") from e
     finally:
         stream.close()
-    if total is not None and part.stat().st_size != total:
-        raise DownloadError(f"incomplete download of {url}: {part.stat().st_size} of {total} "
+    size = part.stat().st_size
+    if got.get("size") is not None and size != got["size"]:
+        raise DownloadError(f"incomplete download of {url}: {size} of {got['size']} "
                             f"bytes in {part}; run again to resume")
     try:
-        verify_file(part, key, sha256, url=url)
+        source = verify_file(part, key, sha256, record=not resumed, url=url)
     except ValueError:
         bad = part.with_name(part.name + ".bad")
         os.replace(part, bad)
+        meta_path.unlink(missing_ok=True)
         raise
+    if source == "none":
+        print(f"{dest.name}: no sha256 recorded, because this download was resumed from an "
+              "earlier session (only a file fetched in one transfer is trusted on first use)")
     os.replace(part, dest)
+    meta_path.unlink(missing_ok=True)
+    for other in dest.parent.glob(f"{glob.escape(dest.name)}.*.part*"):
+        if not other.name.endswith(".bad"):
+            other.unlink(missing_ok=True)  # partials from other sources are now useless
     return dest
 
 
@@ -308,14 +397,14 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *,
                 raise FileNotFoundError(f"{archive} not found; nothing to verify (download it "
                                         f"with `python data_scripts/download.py {name}`)")
             src = verify_file(archive, hkey, f.get("sha256"), record=False)
-            if src == "first-use":
+            if src == "none":
                 print(f"{archive}: no hash known yet (manifest sha256 is null, none recorded)")
             else:
                 print(f"{archive}: OK ({src} sha256)")
             continue
         marker = target / f".{fname}.done"
         if marker.is_file() and archive.is_file():
-            verify_file(archive, hkey, f.get("sha256"))
+            verify_file(archive, hkey, f.get("sha256"), record=False)
             continue
         errors = []
         for url in [f["url"], *f.get("mirrors", [])]:
@@ -356,8 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", default=None, help="manifest path (default data_scripts/...)")
     ap.add_argument("--verify-only", action="store_true", help="check hashes, download nothing")
     ap.add_argument("--list", action="store_true", help="list the datasets and exit")
+    ap.add_argument("--forget-hash", metavar="NAME", action="append", default=[],
+                    help="delete the trust-on-first-use sha256 recorded for a dataset (or one "
+                         "'DATASET/FILE' key), e.g. after a bad download was recorded")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    for key in args.forget_hash:
+        gone = forget_hash(key)
+        print(f"forgot recorded sha256 of {', '.join(gone)}" if gone else
+              f"no recorded sha256 matches {key!r} (records are in {hashes_path()})")
+    if args.forget_hash and not args.names:
+        return 0
     man = load_manifest(args.manifest)
     names = [k for k in man if not k.startswith("_")]
     if args.list or not args.names:

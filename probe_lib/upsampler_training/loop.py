@@ -27,9 +27,63 @@ import numpy as np
 import torch
 from torch import nn
 
-from probe_lib.utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from probe_lib.upsamplers.base import safe_torch_load
+from probe_lib.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    remove_orphan_tmp_files,
+)
 
 CHECKPOINT_KEYS = ("state_dict", "name", "config", "backbone", "step", "metrics")
+
+# Saved-config keys (flattened "section.key") that cannot change the trained upsampler weights:
+# the probe / evaluation / probe-training settings, which upsampler the probe would use, logging and
+# checkpoint cadence (resume is exact whatever the cadence), the data folder's location, and the
+# step count (compared separately: a longer run continues). Every other key defines the weights.
+NON_DEFINING_PREFIXES = ("probe.", "eval.", "train.")
+DEFINING_EXCEPTIONS = ("train.seed",)
+NON_DEFINING_KEYS = ("steps", "upsampler.name", "upsampler.weights", "upsampler.frozen_bn_mode",
+                     "upsampler.train_steps", "upsampler.featup_train_steps",
+                     "upsampler.train_log_every", "upsampler.train_save_every", "data.root",
+                     "data.train_dataset")
+
+
+class CheckpointConflict(ValueError):
+    """An existing checkpoint was trained with different weight-defining settings."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def defining_config(config: dict) -> dict[str, Any]:
+    """The flattened config keys that define the trained weights (see ``NON_DEFINING_*``)."""
+    return {k: v for k, v in _flatten(config).items()
+            if k in DEFINING_EXCEPTIONS or not (k in NON_DEFINING_KEYS
+                                                or k.startswith(NON_DEFINING_PREFIXES))}
+
+
+def checkpoint_differences(state: dict, config: dict, name: str, backbone_id: str,
+                           seed: int | None = None) -> list[str]:
+    """``"key: saved ..., requested ..."`` for every weight-defining difference: task name,
+    backbone weights id, the loop's seed (when saved) and :func:`defining_config`."""
+    old = {"name": state.get("name"), "backbone": state.get("backbone"),
+           **defining_config(state.get("config") or {})}
+    new = {"name": name, "backbone": backbone_id, **defining_config(config)}
+    if "seed" in state and seed is not None:
+        old["seed"], new["seed"] = state["seed"], int(seed)
+
+    def show(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "(absent)"
+
+    return [f"{k}: saved {show(old, k)}, requested {show(new, k)}"
+            for k in sorted(set(old) | set(new)) if k not in old or k not in new or old[k] != new[k]]
 
 
 class TrainingTask(Protocol):
@@ -139,8 +193,12 @@ def fit(task: TrainingTask, batch_fn: Callable[[int], Any], *, steps: int,
         grad_clip: ``step -> max grad norm or None`` (see :func:`clip_schedule`).
         amp: float16 autocast + GradScaler, used only when the device is CUDA.
         resume: continue from a matching resumable state if one exists.
-        overwrite: retrain even if a complete final checkpoint with the same config exists
-            (otherwise its weights are loaded and training is skipped).
+        overwrite: retrain from scratch, replacing the final checkpoint and discarding a
+            resumable state whose settings differ. Without it: a finished checkpoint with the
+            same weight-defining settings (:func:`defining_config`, backbone, name) is loaded
+            (same ``steps``) or continued (more ``steps``); any other difference raises
+            :class:`CheckpointConflict` naming the differing keys. A finished checkpoint is
+            never replaced silently.
         callbacks: called as ``cb(step, logs)`` after each step (a test interrupts runs here).
         after_backward: called as ``f(step)`` after backward, before the optimiser step (LoftUp
             stage 2 updates its EMA teacher there, as the reference script does).
@@ -170,26 +228,64 @@ def fit(task: TrainingTask, batch_fn: Callable[[int], Any], *, steps: int,
         if "scaler" in state and use_amp:
             scaler.load_state_dict(state["scaler"])
 
-    if path is not None and path.exists() and not overwrite:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("complete") and state.get("config") == config and state.get("step") == steps:
-            load_state(state)
-            return TrainResult(state.get("history", []), state.get("metrics", {}), path, 0.0,
-                               skipped=True)
-    if path is not None and resume and resume_path(path).exists():
-        state = torch.load(resume_path(path), map_location="cpu", weights_only=False)
-        if state.get("config") == config and state.get("name") == task.name:
-            load_state(state)
-            start = int(state["step"])
-            history = [h for h in state.get("history", []) if h["step"] < start]
+    def conflict(kind: str, file: Path, state: dict, diffs: list[str]) -> CheckpointConflict:
+        return CheckpointConflict(
+            f"{file}: the {kind} (step {state.get('step')}) was trained with different "
+            f"weight-defining settings:\n  " + "\n  ".join(diffs) + "\nRefusing to "
+            "replace it. Restore those values, or pass overwrite=True (notebooks/recipes: "
+            "overwrite=True) to discard it and train from scratch.")
+
+    final_state = resume_state = None
+    if path is not None:
+        remove_orphan_tmp_files(path.parent)
+        if path.exists() and not overwrite:
+            final_state = safe_torch_load(path, "upsampler training checkpoint")
+            diffs = checkpoint_differences(final_state, config, task.name, backbone_id, seed)
+            if diffs:
+                raise conflict("finished checkpoint", path, final_state, diffs)
+            if int(final_state.get("step", 0)) > steps:
+                raise CheckpointConflict(
+                    f"{path} was trained for {final_state.get('step')} steps, more than the "
+                    f"{steps} requested: pass steps={final_state.get('step')} to load it, or "
+                    "overwrite=True to retrain it with fewer steps.")
+            if int(final_state.get("step", 0)) == steps:
+                load_state(final_state)
+                return TrainResult(final_state.get("history", []),
+                                   final_state.get("metrics", {}), path, 0.0, skipped=True)
+        if resume and resume_path(path).exists():
+            resume_state = safe_torch_load(resume_path(path), "resumable training state")
+            diffs = checkpoint_differences(resume_state, config, task.name, backbone_id, seed)
+            if int(resume_state.get("step", 0)) > steps:
+                diffs.append(f"steps: the state is at step {resume_state.get('step')}, "
+                             f"beyond the {steps} requested")
+            if diffs and not overwrite:
+                raise conflict("resumable state", resume_path(path), resume_state, diffs)
+            if diffs:
+                print(f"overwrite=True: discarding {resume_path(path)} ({'; '.join(diffs)})")
+                resume_state = None
+    extended_from = list(final_state.get("extended_from", [])) if final_state else []
+    best = max((st for st in (final_state, resume_state) if st is not None),
+               key=lambda st: int(st.get("step", 0)), default=None)
+    if best is not None:
+        load_state(best)
+        start = int(best["step"])
+        history = [h for h in best.get("history", []) if h["step"] < start]
+        extended_from = list(best.get("extended_from", extended_from))
+        if best is final_state:
+            extended_from.append(start)
+            print(f"continuing {task.name} from its finished checkpoint at step {start} to "
+                  f"{steps} steps ({path}); a step-dependent learning-rate schedule now spans "
+                  f"{steps} steps")
+        else:
             print(f"resuming {task.name} from step {start} ({resume_path(path)})")
 
     def make_state(step: int, complete: bool, metrics: dict) -> dict:
         return {"state_dict": task.upsampler.state_dict(), "name": task.name, "config": config,
-                "backbone": backbone_id, "step": step, "metrics": metrics,
+                "backbone": backbone_id, "step": step, "metrics": metrics, "seed": int(seed),
                 "aux_state": {k: m.state_dict() for k, m in aux.items()},
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": _rng_state(), "history": history, "complete": complete}
+                "rng": _rng_state(), "history": history, "complete": complete,
+                "extended_from": extended_from}
 
     bar = None
     if progress:

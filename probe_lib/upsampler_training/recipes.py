@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe_lib.utils import checkpoint_path, get_device
+from probe_lib.utils import checkpoint_path, get_device, seed_everything
 
 from .data import TrainingImages, heldout_synthetic, step_indices
 from .evidence import boundary_scores
@@ -39,6 +39,9 @@ def _trainable(name: str, bb: nn.Module, cfg, init: str | Path | None = None,
                device=None, **extra: Any) -> nn.Module:
     from probe_lib.upsamplers import create_upsampler
 
+    # the random initialisation (and every random draw after it: downsampler, data order) comes
+    # from the config's seed, so the API gives the same weights in every process
+    seed_everything(cfg.train.seed)
     kw = {"featup_channelnorm": cfg.upsampler.featup_channelnorm,
           "loftup_minmax_scope": cfg.upsampler.loftup_minmax_scope,
           "featsharp_factor": cfg.upsampler.featsharp_factor, **extra}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -381,17 +382,66 @@ def strip_prefix(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
 OUR_CHECKPOINT_KEYS = ("state_dict", "name", "config", "backbone", "step", "metrics")
 
 
-def _torch_load(path: Path) -> Any:
+class ForeignPickledObject:
+    """Inert stand-in for a non-tensor object pickled into an official checkpoint.
+
+    Lightning checkpoints may store hyper-parameters as omegaconf containers or an
+    ``AttributeDict``. We only need the tensors, so those few names (and only those) are mapped to
+    this class while unpickling: it records its arguments and state and runs none of the original
+    code. Any other global in a file is refused by ``torch.load(weights_only=True)``.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        obj = super().__new__(cls)
+        obj.args = args
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return "<foreign pickled object (ignored)>"
+
+
+# Qualified names that Lightning/omegaconf-based reference checkpoints can contain besides tensors.
+FOREIGN_PICKLE_ALLOWLIST = (
+    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
+    "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode",
+    "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode", "typing.Any",
+    "argparse.Namespace", "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict",
+)
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with only :data:`FOREIGN_PICKLE_ALLOWLIST` mapped to the
+    inert :class:`ForeignPickledObject`; never falls back to full unpickling.
+
+    Raises:
+        ValueError: naming the file when it holds anything else (e.g. a code-running payload).
+    """
+    path = Path(path)
+    allow = [(ForeignPickledObject, name) for name in FOREIGN_PICKLE_ALLOWLIST]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # Lightning checkpoints may pickle hyper-parameter objects
-        if "weights_only" not in str(err) and "Unpickl" not in type(err).__name__:
-            raise ValueError(f"could not read checkpoint {path}: {err}") from err
-        warnings.warn(f"{path.name}: not loadable with weights_only=True "
-                      f"({err.__class__.__name__}); loading with full unpickling — "
-                      "only do this with files you trust.",
-                      stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(allow):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise ValueError(
+            f"refusing to load {what} {path}: it contains Python objects other than tensors and "
+            f"plain containers ({detail[:300]}). probe_lib never unpickles arbitrary objects, "
+            "because a pickle can run code. If you trust the file, re-save only its tensors "
+            "(the state_dict) in a separate session and pass that file.") from None
+    except Exception as err:  # truncated / not a torch file
+        raise ValueError(f"could not read {what} {path}: {type(err).__name__}: {err}") from err
+
+
+def _torch_load(path: Path) -> Any:
+    return safe_torch_load(path, "upsampler weights")
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor],
