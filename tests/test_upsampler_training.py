@@ -126,8 +126,9 @@ def test_random_projection_unit_columns_and_fresh_per_call():
 
 
 def test_total_variation_hand_value():
-    x = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).view(1, 1, 2, 2)
-    assert total_variation(x).item() == pytest.approx(1.0)  # vertical 0 + horizontal 1
+    x = torch.tensor([[0.0, 3.0], [0.0, 3.0]]).view(1, 1, 2, 2)
+    # FeatUp's TVLoss: squared differences (two horizontal 3s, no vertical) / (b*c*h*w = 4)
+    assert total_variation(x).item() == pytest.approx(18 / 4)
     assert total_variation(torch.ones(1, 3, 4, 4)).item() == 0
 
 
