@@ -1,4 +1,5 @@
-"""Frozen dataclass configs with two presets, ``small`` (CPU, minutes) and ``full`` (paper scale, GPU).
+"""Frozen dataclass configs with presets ``small`` (CPU, minutes), ``full`` (paper scale, GPU) and
+``medium`` (``full`` with a shorter upsampler-training schedule, about one GPU-day).
 
 ``make_config(preset, **overrides)`` returns a frozen :class:`Config`. Overrides are either a bare
 field name that exists in exactly one section (``head="convhead"``) or ``section__field``
@@ -54,6 +55,9 @@ class UpsamplerConfig:
     train_save_every: int = 10  # resumable checkpoint every N steps
     # LoftUp trains on a guidance image of this fraction of the input side (output grid cost)
     loftup_train_out_scale: float = 1.0
+    # LiFT: ColorJitter strength (brightness = contrast = saturation = hue), 0.2 as
+    # train_lift.py --augment; 0 = off (then small sets may cache the backbone features)
+    lift_color_jitter: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -177,10 +181,21 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       "featup_train_steps": 10},
     },
 }
+# Upsampler training at paper scale (docs/upsampler_training.md, "Schedules"): the LoftUp paper
+# (arXiv 2504.14032, Sec. 4 / App. A) retrains every compared upsampler, and each LoftUp stage, for
+# one epoch over 1 M SA-1B images at batch 8 = 125 000 steps at 224 px; lr per method (LiFT Adam
+# 1e-3, FeatUp NAdam 1e-3, LoftUp stage 1 AdamW 1e-3 / stage 2 1e-4, FeatSharp NAdam 5e-4 with
+# warm-up + cosine), constant otherwise. The methods' own papers used other data and schedules
+# (LiFT: ImageNet, 5 epochs, batch 256; FeatUp: COCO-Stuff, 1 epoch, batch 4), listed in the docs.
 _PRESETS["full"] = {
-    "upsampler": {"train_steps": 20000, "train_batch_size": 8, "train_image_size": 224,
+    "upsampler": {"train_steps": 125_000, "train_batch_size": 8, "train_image_size": 224,
                   "train_save_every": 500,
                   "train_num_images": 1_000_000},
+}
+# ``medium``: everything as ``full`` but a 20 000-step upsampler schedule (160 k samples, 16 % of
+# the paper's epoch) for a budget of about one GPU-day for all stages; NOT paper scale.
+_PRESETS["medium"] = {
+    "upsampler": {"train_steps": 20_000},
 }
 
 

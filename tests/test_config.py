@@ -15,7 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_presets_differ_where_spec_says():
     small, full = make_config("small"), make_config("full")
-    assert presets() == ["full", "small"]
+    assert presets() == ["full", "medium", "small"]
+    medium = make_config("medium")
+    assert medium.upsampler.train_steps == 20_000 and full.upsampler.train_steps == 125_000
+    assert medium.upsampler.train_batch_size == full.upsampler.train_batch_size == 8
     assert (small.probe.image_size, small.probe.head) == (112, "lean_conv")
     assert (full.probe.image_size, full.probe.head) == (224, "convhead")
     assert full.train.lr == 5e-5 and full.train.epochs == 20 and full.train.batch_size == 8

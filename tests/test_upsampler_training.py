@@ -126,8 +126,9 @@ def test_random_projection_unit_columns_and_fresh_per_call():
 
 
 def test_total_variation_hand_value():
-    x = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).view(1, 1, 2, 2)
-    assert total_variation(x).item() == pytest.approx(1.0)  # vertical 0 + horizontal 1
+    x = torch.tensor([[0.0, 3.0], [0.0, 3.0]]).view(1, 1, 2, 2)
+    # FeatUp's TVLoss: squared differences (two horizontal 3s, no vertical) / (b*c*h*w = 4)
+    assert total_variation(x).item() == pytest.approx(18 / 4)
     assert total_variation(torch.ones(1, 3, 4, 4)).item() == 0
 
 
@@ -451,3 +452,35 @@ def test_trained_lift_checkpoint_loads_through_create_upsampler(tmp_path):
     for k, v in up.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert "trained" in loaded.weights_id
+
+
+def test_featup_backward_per_jitter_equals_backward_of_sum():
+    torch.manual_seed(0)
+    bb, up = TinyBackbone(), TinyUp()
+    task = FeatUpTask(up, bb, n_jitters=3, crf_samples=30)
+    images = torch.rand(2, 3, 32, 32)
+    grads = []
+    for manual in (False, True):
+        for p in task.param_groups()[0]["params"]:
+            p.grad = None
+        torch.manual_seed(5)  # window dropout draws come from the global RNG in both modes
+        gen = torch.Generator().manual_seed(1)
+        if manual:
+            out = task.loss(images, 0, gen, backward=lambda part: part.backward())
+            assert not out["loss"].requires_grad  # already back-propagated, logged only
+        else:
+            out = task.loss(images, 0, gen)
+            out["loss"].backward()
+        grads.append(up.conv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
+def test_loftup_jitter_without_resize_back_keeps_view_size_patch_aligned():
+    from probe_lib.upsampler_training.views import LoftUpJitter, apply_loftup_jitter
+
+    x = torch.rand(1, 3, 28, 28)
+    j = LoftUpJitter(pad_y=4 / 28, pad_x=0.0, zoom_y=1.1, zoom_x=1.0)
+    assert apply_loftup_jitter(x, j).shape[-2:] == (28, 28)
+    y = apply_loftup_jitter(x, j, resize_back=False, multiple=7)
+    assert y.shape[-2:] == (35, 28)  # (28 + 8) * 1.1 = 39.6 -> 40, cropped to 35

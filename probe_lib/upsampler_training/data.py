@@ -68,10 +68,18 @@ class TrainingImages:
         size: square side S the images (and masks) are resized/cropped to.
         with_masks: also return masks (needed by LoftUp).
         max_masks: masks kept per image (150 in LoftUp's loader).
+        resize: ``"crop"`` (shorter side -> S, centre crop; LoftUp/FeatUp loaders) or
+            ``"squash"`` (both sides -> S, aspect ratio not kept; LiFT's ``Resize((448, 448))``);
+            ``"squash"`` cannot return masks.
     """
 
     def __init__(self, cfg, size: int, with_masks: bool = False, max_masks: int = 150,
-                 cache: bool | None = None):
+                 cache: bool | None = None, resize: str = "crop"):
+        if resize not in ("crop", "squash"):
+            raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}")
+        if resize == "squash" and with_masks:
+            raise ValueError("resize='squash' is for images only (LiFT); masks need 'crop'")
+        self.resize = resize
         from probe_lib.data.sa1b import SA1BDataset
 
         root = sa1b_root(cfg)
@@ -93,7 +101,10 @@ class TrainingImages:
     def item(self, i: int) -> dict:
         if i in self._items:
             return self._items[i]
-        it = self.ds[i]
+        if self.resize == "squash":
+            it = {"image": _squash_image(self.ds.paths[i], self.size), "name": self.ds.paths[i].name}
+        else:
+            it = self.ds[i]
         if self.cache:
             self._items[i] = it
         return it
@@ -109,6 +120,18 @@ class TrainingImages:
     def all_images(self) -> torch.Tensor:
         """(N, 3, S, S) — every training image (for feature caching / PHI-S fitting at small)."""
         return torch.stack([self.item(i)["image"] for i in range(len(self))]).float()
+
+
+def _squash_image(path: Path, size: int) -> torch.Tensor:
+    """(3, size, size) float [0, 1] RGB: the whole image resized to size x size (no crop)."""
+    import cv2
+
+    from probe_lib.data.sa1b import _read_bgr
+
+    img = _read_bgr(path)
+    interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
+    img = cv2.resize(img, (size, size), interpolation=interp)[:, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
 
 
 def heldout_synthetic(cfg, size: int, n: int = 8) -> dict[str, torch.Tensor]:

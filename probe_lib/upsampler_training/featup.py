@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe_lib.upsamplers.base import imagenet_normalize
+
 from .downsampler import AttentionDownsampler, ScaleNet
 from .views import apply_featup_jitter, sample_featup_jitter
 
@@ -48,33 +50,65 @@ def uncertainty_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor,
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between vertical and horizontal neighbours, (B, C, H, W) -> scalar."""
-    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-            + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
+    """FeatUp's ``TVLoss``: (sum of squared vertical + horizontal neighbour differences) / (b*c*h*w).
 
-
-def crf_loss(feats: torch.Tensor, image: torch.Tensor, gen: torch.Generator,
-             n_samples: int = 1000) -> torch.Tensor:
-    """FeatUp's dense-CRF-style smoothness on ``n_samples`` random pixels per image.
-
-    Kernel between pixels i, j: 10 exp(-|dp|^2 / 0.2 - |dI|^2 / 0.3) + 3 exp(-|dp|^2 / 0.01), with
-    positions in normalised [-1, 1] coordinates and colours in [0, 1]; energy = mean over pairs of
-    kernel x mean squared feature difference (our reading; SPEC gives only the kernel).
-    feats (B, C, H, W), image (B, 3, H, W) of the same size.
+    (B, C, H, W) -> scalar. The divisor is the element count of ``x``, not the number of
+    differences, as in ``featup/losses.py`` (and LoftUp's copy).
     """
-    b, c, h, w = feats.shape
-    n = min(n_samples, h * w)
-    idx = torch.randint(0, h * w, (b, n), generator=gen).to(feats.device)
-    ys = (idx // w).to(feats.dtype) / max(h - 1, 1) * 2 - 1
-    xs = (idx % w).to(feats.dtype) / max(w - 1, 1) * 2 - 1
-    pos = torch.stack([ys, xs], -1)
-    col = image.flatten(2).gather(2, idx[:, None].expand(-1, 3, -1)).transpose(1, 2)
-    f = feats.flatten(2).gather(2, idx[:, None].expand(-1, c, -1)).transpose(1, 2)
-    dp = torch.cdist(pos, pos) ** 2
-    di = torch.cdist(col.to(feats.dtype), col.to(feats.dtype)) ** 2
-    k = 10 * torch.exp(-dp / 0.2 - di / 0.3) + 3 * torch.exp(-dp / 0.01)
-    df = torch.cdist(f, f) ** 2 / c
-    return (k * df).mean()
+    b, c, h, w = x.shape
+    return (((x[..., 1:, :] - x[..., :-1, :]) ** 2).sum()
+            + ((x[..., :, 1:] - x[..., :, :-1]) ** 2).sum()) / (b * c * h * w)
+
+
+CRF_GUIDANCE = ("unjittered", "jittered")
+
+
+def sample_crf_coords(h: int, w: int, n: int, gen: torch.Generator | None = None
+                      ) -> torch.Tensor:
+    """(2, n) int64 pixel coordinates (rows, then cols), one set shared by the whole batch; drawn
+    in FeatUp's order (all rows, then all cols) so a generator seeded like the global RNG gives
+    the reference's pixels."""
+    rows = torch.randint(0, h, (1, n), generator=gen)
+    cols = torch.randint(0, w, (1, n), generator=gen)
+    return torch.cat([rows, cols], 0)
+
+
+def crf_loss(feats: torch.Tensor, guidance: torch.Tensor, gen: torch.Generator | None = None,
+             n_samples: int = 1000, coords: torch.Tensor | None = None) -> torch.Tensor:
+    """FeatUp's ``SampledCRFLoss`` (alpha 0.1, beta 0.15, gamma 0.005, w1 10, w2 3, shift 0).
+
+    On ``n_samples`` pixels shared by the batch, with positions p in [0, 1) (row / H, col / W)
+    and guidance colours g (FeatUp passes the ImageNet-normalised image):
+
+        k_ij = 10 exp(-|p_i - p_j|^2 / 0.2 - |g_i - g_j|^2 / 0.3) + 3 exp(-|p_i - p_j|^2 / 0.01)
+        loss = mean over (b, i, j) of k_ij * sum_c (f_ci - f_cj)^2
+
+    (the feature term is *summed* over channels; FeatUp feeds the 30-d projected features).
+
+    Args:
+        feats: (B, C, H, W) features (FeatUp: the projected, jittered hr map).
+        guidance: (B, 3, H, W) colours of the same size (FeatUp: the normalised, un-jittered image).
+        gen: generator for the pixel draw (ignored when ``coords`` is given).
+        coords: optional (2, n) int64 rows/cols (see :func:`sample_crf_coords`).
+    """
+    if guidance.shape[0] != feats.shape[0] or guidance.shape[2:] != feats.shape[2:]:
+        raise ValueError(f"crf_loss: guidance {tuple(guidance.shape)} and feats "
+                         f"{tuple(feats.shape)} need the same batch and spatial size")
+    h, w = feats.shape[-2:]
+    if coords is None:
+        coords = sample_crf_coords(h, w, n_samples, gen)
+    coords = coords.to(feats.device)
+    norm = coords.to(feats.dtype) / torch.tensor([h, w], device=feats.device,
+                                                 dtype=feats.dtype)[:, None]
+    g = guidance[:, :, coords[0], coords[1]].to(feats.dtype)  # B, 3, n
+    f = feats[:, :, coords[0], coords[1]]  # B, C, n
+    dp = (norm[:, :, None] - norm[:, None, :]).square().sum(0)[None]  # 1, n, n
+    dg = (g[..., :, None] - g[..., None, :]).square().sum(1)  # B, n, n
+    k = 10.0 * torch.exp(-dp / 0.2 - dg / 0.3) + 3.0 * torch.exp(-dp / 0.01)
+    df = torch.zeros_like(dg)
+    for ci in range(f.shape[1]):  # channel by channel: (B, n, n) memory instead of (B, C, n, n)
+        df = df + (f[:, ci, :, None] - f[:, ci, None, :]).square()
+    return (df * k).mean()
 
 
 def feature_norm(upsampler: nn.Module) -> nn.Module:
@@ -88,14 +122,23 @@ class FeatUpTask:
     """FeatUp JBU training task for :func:`~probe_lib.upsampler_training.loop.fit`.
 
     Batches: images (B, 3, S, S) RGB in [0, 1], S a multiple of the backbone patch size.
-    The upsampler's native output is bilinearly resized to S (align_corners=False) before jittering.
+    As ``featup/train_jbu_upsampler.py``: for every jitter the upsampler runs again (fresh dropout
+    masks), its native output is bilinearly resized to S (align_corners=False), and that jitter's
+    loss is back-propagated at once (``manual_backward``: the loop hands in ``backward``), so the
+    graph of one jitter is freed before the next. The CRF term (first jitter) compares the
+    projected, jittered hr map with the ImageNet-normalised image: ``crf_guidance="unjittered"``
+    is the reference's pairing (the image is *not* jittered), ``"jittered"`` the aligned one.
     """
 
     name = "featup_jbu"
+    manual_backward = True
 
     def __init__(self, upsampler: nn.Module, backbone: nn.Module, dim: int | None = None,
                  n_jitters: int = 5, proj_dim: int = 30, lr: float = 1e-3,
-                 tv_weight: float = 0.0, crf_weight: float = 0.001, crf_samples: int = 1000):
+                 tv_weight: float = 0.0, crf_weight: float = 0.001, crf_samples: int = 1000,
+                 crf_guidance: str = "unjittered"):
+        if crf_guidance not in CRF_GUIDANCE:
+            raise ValueError(f"crf_guidance must be one of {CRF_GUIDANCE}, got {crf_guidance!r}")
         self.upsampler, self.backbone = upsampler, backbone
         dim = dim or backbone.embed_dim
         self.norm = feature_norm(upsampler)
@@ -108,6 +151,7 @@ class FeatUpTask:
         self.scale_net.to(dev)
         self.n_jitters, self.proj_dim, self.lr = n_jitters, proj_dim, lr
         self.tv_weight, self.crf_weight, self.crf_samples = tv_weight, crf_weight, crf_samples
+        self.crf_guidance = crf_guidance
 
     def aux_modules(self) -> dict[str, nn.Module]:
         return {"downsampler": self.downsampler, "scale_net": self.scale_net}
@@ -117,26 +161,40 @@ class FeatUpTask:
         params += list(self.downsampler.parameters()) + list(self.scale_net.parameters())
         return [{"params": params, "lr": self.lr}]
 
-    def loss(self, images: torch.Tensor, step: int, gen: torch.Generator) -> dict:
+    def loss(self, images: torch.Tensor, step: int, gen: torch.Generator,
+             backward=None) -> dict:
+        """Per-jitter losses; with ``backward`` (a callable) each jitter's loss is
+        back-propagated at once and the returned ``loss`` is detached (for logging), otherwise
+        the returned ``loss`` is the differentiable sum (same gradients)."""
         with torch.no_grad():
             lr_raw = self.backbone(images)
-        hr = self.upsampler(lr_raw, images, output_size="native")
-        hr = F.interpolate(hr, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        rec = hr.new_zeros(())
-        crf = hr.new_zeros(())
+        total = images.new_zeros(())
+        rec_sum, crf, tv = images.new_zeros(()), images.new_zeros(()), images.new_zeros(())
         for j in range(self.n_jitters):
+            hr = self.upsampler(lr_raw, images, output_size="native")
+            hr = F.interpolate(hr, size=images.shape[-2:], mode="bilinear", align_corners=False)
             jit = sample_featup_jitter(gen)
             img_j, hr_j = apply_featup_jitter(images, jit), apply_featup_jitter(hr, jit)
             with torch.no_grad():
                 target = self.norm(self.backbone(img_j))
-            down = self.downsampler(hr_j)
-            scale = self.scale_net(target)
             proj = random_projection(images.shape[0], hr.shape[1], self.proj_dim, gen,
                                      hr.device, hr.dtype)
-            rec = rec + uncertainty_reconstruction_loss(
+            proj_hr = project(hr_j, proj)
+            down = self.downsampler(hr_j)
+            scale = self.scale_net(target)
+            rec = uncertainty_reconstruction_loss(
                 project(down, proj), project(target, proj), scale) / self.n_jitters
+            loss = rec
             if j == 0 and self.crf_weight > 0:
-                crf = crf_loss(hr_j, img_j, gen, self.crf_samples)
-        tv = total_variation(hr) if self.tv_weight > 0 else hr.new_zeros(())
-        total = rec + self.crf_weight * crf + self.tv_weight * tv
-        return {"loss": total, "rec": rec, "crf": crf, "tv": tv}
+                guide = images if self.crf_guidance == "unjittered" else img_j
+                crf = crf_loss(proj_hr, imagenet_normalize(guide), gen, self.crf_samples)
+                loss = loss + self.crf_weight * crf
+            if j == 0 and self.tv_weight > 0:
+                tv = total_variation(proj_hr.square().sum(1, keepdim=True))
+                loss = loss + self.tv_weight * tv
+            if backward is not None:
+                backward(loss)
+                loss = loss.detach()
+            total = total + loss
+            rec_sum = rec_sum + rec.detach()
+        return {"loss": total, "rec": rec_sum, "crf": crf.detach(), "tv": tv.detach()}

@@ -224,21 +224,26 @@ class LoftUpStage1Task:
         if self.recipe == "paper":
             mse = F.mse_loss(hr, pgt)
             return {"loss": mse, "pgt_mse": mse}
-        proj = random_projection(images.shape[0], hr.shape[1], self.proj_dim, gen, hr.device,
-                                 hr.dtype)
-        mse = F.mse_loss(project(hr, proj), project(pgt, proj))
+        # As train_loftup_stage1.py: a fresh projection per jitter; the pseudo-GT term uses the
+        # last jitter's projection, TV the first jitter's. (The script also re-runs the
+        # upsampler per jitter; LoftUp has no dropout, so one forward gives the same values and
+        # gradients.)
         rec = hr.new_zeros(())
         tv = hr.new_zeros(())
+        proj = None
         for j in range(self.n_jitters):
             jit = sample_loftup_jitter(gen)
             img_j, hr_j = apply_loftup_jitter(images, jit), apply_loftup_jitter(hr, jit)
             with torch.no_grad():
                 target = self.norm(self.backbone(img_j))
+            proj = random_projection(images.shape[0], hr.shape[1], self.proj_dim, gen,
+                                     hr.device, hr.dtype)
             down = self.downsampler(hr_j)
             rec = rec + (F.mse_loss(project(down, proj), project(target, proj))
                          / self.n_jitters).clamp_min(0)
             if j == 0:
                 tv = total_variation(project(hr_j, proj).pow(2).sum(1, keepdim=True))
+        mse = F.mse_loss(project(hr, proj), project(pgt, proj))
         total = mse + rec + self.tv_weight * tv
         return {"loss": total, "pgt_mse": mse, "rec": rec, "tv": tv}
 
@@ -250,9 +255,13 @@ class LoftUpStage2Task:
     student size at ``small``) and ``masks`` (B, M, T, T). The student sees the whole image resized
     to s (drawn from ``student_sizes``); the teacher sees ``n_crops`` crops of size s of the T-image.
 
-    Loss per recipe (SPEC §7.3): ``paper`` = mean_j affinity_j; ``script`` = sum_j rec_j (clamped
-    >= 0, FeatUp-style with ScaleNet uncertainty, one LoftUp jitter each) + 0.05 TV(raw hr, first
-    jitter) + 20 mean_j affinity_j. The EMA teacher is updated by :meth:`after_backward`.
+    Loss per recipe: ``paper`` = mean_j affinity_j; ``script`` (``train_loftup_stage2.py``) =
+    sum_j rec_j + 0.05 TV(raw hr, first jitter) + 20 mean_j affinity_j, where rec_j is the
+    FeatUp-style uncertainty loss in a fresh ``proj_dim``-d (64) random projection, on one LoftUp
+    jitter of the student image that is *not* resized back (a larger or smaller view, so more or
+    fewer tokens), divided by the number of jitters and clamped >= 0. The student image is the
+    teacher image downscaled with plain bilinear interpolation (no antialias), as the script.
+    The EMA teacher is updated by :meth:`after_backward`.
     """
 
     name = "loftup"
@@ -261,12 +270,12 @@ class LoftUpStage2Task:
                  student_sizes: tuple[int, ...] = (224,), alpha: float = 0.5,
                  ema_decay: float = 0.99, ema_every: int = 10, n_crops: int = 2,
                  lr: float | None = None, border: float = 0.1, affinity_size: int | None = None,
-                 out_scale: float = 1.0):
+                 out_scale: float = 1.0, proj_dim: int = 64):
         if recipe not in RECIPES:
             raise ValueError(f"loftup_recipe must be one of {RECIPES}, got {recipe!r}")
         self.upsampler, self.backbone, self.recipe = upsampler, backbone, recipe
         self.student_sizes, self.alpha, self.n_crops, self.border = student_sizes, alpha, n_crops, border
-        self.affinity_size = affinity_size
+        self.affinity_size, self.proj_dim = affinity_size, proj_dim
         self.lr = lr if lr is not None else (1e-4 if recipe == "paper" else 1e-3)
         self.norm = feature_norm(upsampler)
         for p in self.norm.parameters():
@@ -338,8 +347,7 @@ class LoftUpStage2Task:
         s = self.student_sizes[int(torch.randint(len(self.student_sizes), (1,), generator=gen))]
         boxes = crop_boxes(gen, t_size, s, self.n_crops)
         targets = self.teacher_targets(big, masks, s, boxes)
-        small = F.interpolate(big, size=(s, s), mode="bilinear", align_corners=False,
-                              antialias=True)
+        small = F.interpolate(big, size=(s, s), mode="bilinear", align_corners=False)
         with torch.no_grad():
             lr_raw = self.backbone(small)
         guide, _ = _guidance(small, None, self.out_scale)
@@ -355,15 +363,25 @@ class LoftUpStage2Task:
         rec = hr.new_zeros(())
         tv = hr.new_zeros(())
         if self.weights["rec"] > 0:
+            p = self.backbone.patch_size
             for j in range(self.n_crops):
                 jit = sample_loftup_jitter(gen)
-                img_j, hr_j = apply_loftup_jitter(small, jit), apply_loftup_jitter(hr, jit)
+                img_j = apply_loftup_jitter(small, jit, resize_back=False, multiple=p)
+                hr_j = apply_loftup_jitter(hr, jit, resize_back=False,
+                                           multiple=self.downsampler.kernel)
                 with torch.no_grad():
                     target = self.norm(self.backbone(img_j))
-                rec = rec + uncertainty_reconstruction_loss(
-                    self.downsampler(hr_j), target, self.scale_net(target)).clamp_min(0)
+                down = self.downsampler(hr_j)
+                hh = min(down.shape[-2], target.shape[-2])
+                ww = min(down.shape[-1], target.shape[-1])
+                down, target = down[..., :hh, :ww], target[..., :hh, :ww]
+                proj = random_projection(small.shape[0], hr.shape[1], self.proj_dim, gen,
+                                         hr.device, hr.dtype)
+                rec = rec + (uncertainty_reconstruction_loss(
+                    project(down, proj), project(target, proj), self.scale_net(target))
+                    / self.n_crops).clamp_min(0)
                 if j == 0:
-                    tv = total_variation(hr_j)
+                    tv = total_variation(hr)
         total = (self.weights["aff"] * aff_mean + self.weights["rec"] * rec
                  + self.weights["tv"] * tv)
         return {"loss": total, "affinity": aff_mean, "rec": rec, "tv": tv}

@@ -99,7 +99,11 @@ class TrainingTask(Protocol):
         """Optimiser parameter groups (``{"params": [...], "lr": ...}``)."""
 
     def loss(self, batch: Any, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """Scalar losses; ``"loss"`` is the one optimised, the others are logged."""
+        """Scalar losses; ``"loss"`` is the one optimised, the others are logged.
+
+        A task with ``manual_backward = True`` is called as ``loss(batch, step, gen,
+        backward=fn)`` and back-propagates its partial losses itself with ``fn`` (FeatUp: one
+        backward per jitter); the loop then does not call backward on ``"loss"``."""
 
 
 @dataclass
@@ -306,12 +310,18 @@ def fit(task: TrainingTask, batch_fn: Callable[[int], Any], *, steps: int,
                 g["lr"] = lr0 * lr_lambda(step)
         batch = batch_fn(step)
         optimizer.zero_grad(set_to_none=True)
+        manual = bool(getattr(task, "manual_backward", False))
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            losses = task.loss(batch, step, gen)
+            if manual:
+                losses = task.loss(batch, step, gen,
+                                   backward=lambda part: scaler.scale(part).backward())
+            else:
+                losses = task.loss(batch, step, gen)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{task.name}: non-finite loss {loss.item()} at step {step}")
-        scaler.scale(loss).backward()
+        if not manual:
+            scaler.scale(loss).backward()
         if after_backward is not None:
             after_backward(step)
         clip = grad_clip(step) if grad_clip is not None else None

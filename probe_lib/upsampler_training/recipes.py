@@ -1,13 +1,13 @@
 """One call per method: build data, objective and optimiser from a ``Config`` and train.
 
-Sizes (S = ``cfg.upsampler.train_image_size``: 112 at ``small``, 224 at ``full``):
+Sizes (S = ``cfg.upsampler.train_image_size``: 112 at ``small``, 224 at ``medium``/``full``):
 
 | method | images | notes |
 |---|---|---|
-| LiFT | 2S (448 full) | backbone features of the strided pyramid cached when the set is small |
+| LiFT | 2S (448 full), squash-resized | colour jitter 0.2; features cached only without jitter |
 | FeatUp JBU | S | 5 jitters, backbone on each |
 | LoftUp stage 1 | S | backbone features cached (``paper``); ``script`` adds 4 jitters |
-| LoftUp stage 2 | T = 2S (small) / 896 (full) | student at S (small) or {224, 336, 448, 518} |
+| LoftUp stage 2 | T = 2S (small) / 896 | student at S (small), {224, 336} (paper) or {224, 336, 448, 518} (script) |
 | FeatSharp | S·u | base + 5 homography views at S |
 
 Checkpoints go to ``checkpoint_path("upsampler", name, cfg.preset)`` with names ``lift``,
@@ -75,14 +75,31 @@ def _cache_features(fn: Callable[[torch.Tensor], Any], images: torch.Tensor, dev
     return torch.cat(outs)
 
 
+def color_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """torchvision ``ColorJitter(strength, strength, strength, strength)`` drawn per image from
+    the global RNG (which the loop re-seeds per step); (B, 3, H, W) [0, 1] -> same."""
+    if strength <= 0:
+        return images
+    from torchvision.transforms import ColorJitter
+
+    cj = ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=strength)
+    return torch.stack([cj(x) for x in images])
+
+
 def train_lift(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint=None,
                overwrite: bool = False, progress: bool = True, callbacks=None):
-    """Train LiFT with its 2x multi-scale objective; returns ``(upsampler, TrainResult)``."""
+    """Train LiFT with its 2x multi-scale objective; returns ``(upsampler, TrainResult)``.
+
+    Images are squash-resized to 2S (448 at paper scale) and colour-jittered with strength
+    ``cfg.upsampler.lift_color_jitter`` (0.2 as ``train_lift.py --augment``). Backbone features
+    are cached only when there is no jitter (0) and the set is small.
+    """
     device = next(backbone.parameters()).device
     up = _trainable("lift", backbone, cfg, device=device)
-    data = TrainingImages(cfg, 2 * cfg.upsampler.train_image_size)
+    data = TrainingImages(cfg, 2 * cfg.upsampler.train_image_size, resize="squash")
     bs = cfg.upsampler.train_batch_size
-    if data.cache:
+    jitter = float(cfg.upsampler.lift_color_jitter)
+    if data.cache and jitter == 0:
         feats = _cache_features(lambda x: lift_features(backbone, x), data.all_images(), device)
 
         def batch_fn(step):
@@ -90,7 +107,9 @@ def train_lift(cfg, backbone: nn.Module, *, steps: int | None = None, checkpoint
             return {k: v[idx] for k, v in feats.items()}
     else:
         def batch_fn(step):
-            return lift_features(backbone, data.batch(step, bs)["image"].to(device))
+            # the loop seeds the global RNG from (seed, step) before calling this
+            images = color_jitter(data.batch(step, bs)["image"], jitter)
+            return lift_features(backbone, images.to(device))
     task = LiftTask(up, lr=cfg.upsampler.train_lr or 1e-3)
     opt = torch.optim.Adam(task.param_groups())
     res = _run(task, cfg, backbone, batch_fn, opt, "lift", steps=steps, checkpoint=checkpoint,
@@ -164,12 +183,14 @@ def train_loftup_stage2(cfg, backbone: nn.Module, init: str | Path | None = None
                                 "missing: run train_loftup_stage1 (notebook 06) first")
     up = _trainable("loftup", backbone, cfg, init=init, device=device)
     s = cfg.upsampler.train_image_size
-    full = cfg.preset == "full"
-    teacher_size = 896 if full else 2 * s
-    student_sizes = (224, 336, 448, 518) if full else (s,)
+    recipe = cfg.upsampler.loftup_recipe
+    paper_scale = cfg.preset != "small"
+    teacher_size = 896 if paper_scale else 2 * s
+    # paper: the student sees 224 or 336; the script draws from {224, 336, 448, 518}
+    sizes = (224, 336) if recipe == "paper" else (224, 336, 448, 518)
+    student_sizes = sizes if paper_scale else (s,)
     data = TrainingImages(cfg, teacher_size, with_masks=True)
     bs = cfg.upsampler.train_batch_size
-    recipe = cfg.upsampler.loftup_recipe
     task = LoftUpStage2Task(up, backbone, recipe=recipe, student_sizes=student_sizes, alpha=alpha,
                             lr=cfg.upsampler.train_lr,
                             out_scale=cfg.upsampler.loftup_train_out_scale)
@@ -180,7 +201,8 @@ def train_loftup_stage2(cfg, backbone: nn.Module, init: str | Path | None = None
 
     res = _run(task, cfg, backbone, batch_fn, task.make_optimizer(), "loftup", steps=steps,
                checkpoint=checkpoint, stage="loftup_stage2", overwrite=overwrite,
-               progress=progress, callbacks=callbacks, after_backward=task.after_backward)
+               progress=progress, callbacks=callbacks, after_backward=task.after_backward,
+               grad_clip=clip_schedule(1e-4, 10, None) if recipe == "script" else None)
     res.extra["teacher"] = task.teacher
     return up.eval(), res
 

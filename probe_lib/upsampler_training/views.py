@@ -80,15 +80,25 @@ def sample_loftup_jitter(gen: torch.Generator, max_pad: float = 8 / 224) -> Loft
     return LoftUpJitter(py, px, zy, zx)
 
 
-def apply_loftup_jitter(x: torch.Tensor, j: LoftUpJitter) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H, W): pad, zoom, resize back to (H, W) (bilinear)."""
+def apply_loftup_jitter(x: torch.Tensor, j: LoftUpJitter, resize_back: bool = True,
+                        multiple: int = 1) -> torch.Tensor:
+    """(B, C, H, W) -> pad, zoom, then either resize back to (H, W) (bilinear; LoftUp's stage 1
+    script) or keep the larger/smaller view (``resize_back=False``; the stage 2 script), cropped
+    at the top-left to a multiple of ``multiple`` per side so a patch-``multiple`` backbone takes
+    it (the crop is applied identically to images and feature maps)."""
     h, w = x.shape[-2:]
     ph, pw = round(j.pad_y * h), round(j.pad_x * w)
     y = F.pad(x, (pw, pw, ph, ph), mode="reflect") if ph or pw else x
     y = F.interpolate(y, size=(max(1, round(y.shape[-2] * j.zoom_y)),
                                max(1, round(y.shape[-1] * j.zoom_x))),
                       mode="bilinear", align_corners=False)
-    return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    if resize_back:
+        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    hh, ww = y.shape[-2] // multiple * multiple, y.shape[-1] // multiple * multiple
+    if hh < multiple or ww < multiple:
+        raise ValueError(f"jittered view {tuple(y.shape[-2:])} is smaller than one patch "
+                         f"({multiple})")
+    return y[..., :hh, :ww]
 
 
 # ----------------------------------------------------------------------------- homographies
