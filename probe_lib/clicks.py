@@ -24,9 +24,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from probe_lib.metrics import check_gt_encoding
+
 __all__ = [
     "MultiPointSampler",
     "add_training_clicks",
+    "check_points",
     "click_maps",
     "clicks_to_tensor",
     "generate_probs",
@@ -64,7 +67,8 @@ def next_click(
     """The evaluation-time clicker of RITM / iSegProbe (SPEC §5.2).
 
     Args:
-        gt: int array (H, W); 1 = object, ``ignore_label`` = ignore, anything else background.
+        gt: int array (H, W); 1 = object, 0 = background, ``ignore_label`` = ignore (other
+            values, e.g. a 0/255 mask, raise a ValueError).
         pred: bool array (H, W), the current prediction already thresholded (zeros before the
             first click). Integer 0/1 arrays are accepted; float arrays are rejected because a
             probability map must be thresholded first.
@@ -87,6 +91,7 @@ def next_click(
     pred = _as_2d(pred, "pred")
     if pred.shape != gt.shape:
         raise ValueError(f"pred shape {pred.shape} differs from gt shape {gt.shape}")
+    check_gt_encoding(gt, "gt", ignore_label)  # a 0/255 mask would read as "no object"
     if pred.dtype.kind == "f":
         raise ValueError("pred must be a bool (H, W) mask (threshold the probabilities first), "
                          f"got dtype {pred.dtype}")
@@ -118,6 +123,36 @@ def next_click(
 # --------------------------------------------------------------------------------------------
 
 
+def check_points(points: torch.Tensor, size: tuple[int, int] | None = None,
+                 name: str = "points") -> None:
+    """Raise a ValueError naming the first bad click of a (B, 2N, 3) click tensor.
+
+    NaN or Inf anywhere is an error (a NaN row would otherwise count as padding, since
+    ``max(row, col) < 0`` is False for NaN and the disk test never fires). With ``size=(H, W)``
+    every valid row (``max(row, col) >= 0``) must also lie inside the input:
+    ``0 <= row < H`` and ``0 <= col < W``.
+    """
+    pts = points.detach()
+    bad = ~torch.isfinite(pts)
+    if bool(bad.any()):
+        b, i = (int(v) for v in bad.any(-1).nonzero()[0])
+        raise ValueError(f"{name} (the click tensor) contains NaN or Inf: row {name}[{b}, {i}] = "
+                         f"{pts[b, i].tolist()}; clicks are (row, col, order) in input pixels, "
+                         "padding (-1, -1, -1)")
+    if size is None:
+        return
+    h, w = int(size[0]), int(size[1])
+    r, c = pts[..., 0], pts[..., 1]
+    valid = torch.maximum(r, c) >= 0
+    outside = valid & ((r < 0) | (r >= h) | (c < 0) | (c >= w))
+    if bool(outside.any()):
+        b, i = (int(v) for v in outside.nonzero()[0])
+        raise ValueError(f"click (row={float(r[b, i]):g}, col={float(c[b, i]):g}) at {name}[{b}, "
+                         f"{i}] lies outside the {h}x{w} input: clicks are (row, col) in input "
+                         f"pixels with 0 <= row < {h} and 0 <= col < {w}; padding rows are "
+                         "(-1, -1, -1)")
+
+
 def clicks_to_tensor(
     clicks: Sequence[tuple[float, float, bool]],
     max_points: int | None = None,
@@ -139,6 +174,8 @@ def clicks_to_tensor(
         if len(click) != 3:
             raise ValueError(f"each click must be (row, col, is_positive), got {click!r}")
         r, c, p = click
+        if not (math.isfinite(float(r)) and math.isfinite(float(c))):
+            raise ValueError(f"click {i} has a non-finite coordinate (row={r}, col={c})")
         (pos if p else neg).append((float(r), float(c), float(i)))
     n = max(len(pos), len(neg), 1)
     if max_points is not None:
@@ -159,7 +196,9 @@ def click_maps(points: torch.Tensor, size: tuple[int, int], radius: float = 5) -
 
     Args:
         points: (B, 2N, 3) float, rows ``(row, col, order)``; first N positive, last N negative;
-            rows with ``max(row, col) < 0`` are ignored.
+            rows with ``max(row, col) < 0`` are ignored; NaN/Inf raise a ValueError. Clicks
+            outside ``size`` are allowed (their disks are clipped): the ZoomIn evaluator passes
+            the clicks outside its zoomed region, as the reference does.
         size: (H, W) of the output maps.
         radius: disk radius in pixels (5 at the network input).
 
@@ -172,6 +211,8 @@ def click_maps(points: torch.Tensor, size: tuple[int, int], radius: float = 5) -
         raise ValueError(f"points must be a (B, 2N, 3) tensor, got {shape}")
     if points.shape[1] % 2:
         raise ValueError(f"points must have an even number of rows (2N), got {points.shape[1]}")
+    if points.is_floating_point():
+        check_points(points)  # NaN rows would be drawn as nothing, silently
     h, w = int(size[0]), int(size[1])
     b, n2, _ = points.shape
     dtype = points.dtype if points.is_floating_point() else torch.float32

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -275,4 +276,93 @@ def make_config(preset: str = "small", **overrides: Any) -> Config:
     for sec in SECTIONS:
         cls = {f.name: f for f in fields(Config)}[sec].default_factory
         sections[sec] = cls(**values[sec])
-    return Config(preset=preset, **sections)
+    cfg = Config(preset=preset, **sections)
+    validate_config(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# value ranges
+# --------------------------------------------------------------------------------------------
+
+# (kind, low, low_inclusive, high, high_inclusive, None allowed) per numeric field. "int" means a
+# Python int (not a bool, not 2.0); "float" any finite real number. Every int/float field of the
+# dataclasses above has an entry (tests/test_config.py checks that).
+_INF = float("inf")
+_RANGES: dict[str, tuple[str, float, bool, float, bool, bool]] = {
+    "upsampler.featup_jitters": ("int", 1, True, _INF, False, False),
+    "upsampler.featup_train_steps": ("int", 1, True, _INF, False, True),
+    "upsampler.featsharp_factor": ("int", 2, True, _INF, False, False),
+    "upsampler.train_steps": ("int", 1, True, _INF, False, False),
+    "upsampler.train_batch_size": ("int", 1, True, _INF, False, False),
+    "upsampler.train_image_size": ("int", 1, True, _INF, False, False),
+    "upsampler.train_num_images": ("int", 1, True, _INF, False, False),
+    "upsampler.train_lr": ("float", 0, False, _INF, False, True),
+    "upsampler.train_log_every": ("int", 1, True, _INF, False, False),
+    "upsampler.train_save_every": ("int", 1, True, _INF, False, False),
+    # a fraction of the input side: 1.0 = full resolution guidance
+    "upsampler.loftup_train_out_scale": ("float", 0, False, 1, True, False),
+    "probe.image_size": ("int", 1, True, _INF, False, False),
+    "probe.click_radius": ("float", 0, False, _INF, False, False),
+    "train.seed": ("int", 0, True, _INF, False, False),  # numpy seeds must be >= 0
+    "train.epochs": ("int", 1, True, _INF, False, False),
+    "train.batch_size": ("int", 1, True, _INF, False, False),
+    "train.lr": ("float", 0, False, _INF, False, False),
+    # MultiStepLR multiplies the learning rate by gamma at each milestone: a decay, so (0, 1]
+    "train.lr_gamma": ("float", 0, False, 1, True, False),
+    "train.max_num_next_clicks": ("int", 0, True, _INF, False, False),  # 0 = no iterative clicks
+    "train.num_max_points": ("int", 1, True, _INF, False, False),
+    "train.num_images": ("int", 1, True, _INF, False, True),
+    "train.val_samples": ("int", 0, True, _INF, False, False),  # 0 = no validation
+    "train.num_workers": ("int", 0, True, _INF, False, False),
+    "eval.max_clicks": ("int", 1, True, _INF, False, False),
+    "eval.prob_thresh": ("float", 0, False, 1, False, False),
+    "eval.target_size": ("int", 1, True, _INF, False, False),
+    "eval.num_instances": ("int", 1, True, _INF, False, True),  # None = every instance
+    "eval.bootstrap": ("int", 1, True, _INF, False, False),
+    "data.synthetic_num_images": ("int", 1, True, _INF, False, False),
+    "data.synthetic_image_size": ("int", 1, True, _INF, False, False),
+    "data.synthetic_seed": ("int", 0, True, _INF, False, False),
+}
+
+
+def _range_text(kind: str, lo: float, lo_in: bool, hi: float, hi_in: bool, none_ok: bool) -> str:
+    what = "an integer" if kind == "int" else "a number"
+    if hi == _INF:
+        text = f"{what} {'>=' if lo_in else '>'} {lo:g}"
+    else:
+        text = f"{what} in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+    return text + (" or None" if none_ok else "")
+
+
+def _check_value(key: str, value: Any) -> None:
+    kind, lo, lo_in, hi, hi_in, none_ok = _RANGES[key]
+    if value is None and none_ok:
+        return
+    expected = _range_text(kind, lo, lo_in, hi, hi_in, none_ok)
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_num or (kind == "int" and not isinstance(value, int)):
+        raise ValueError(f"config value {key}={value!r} has the wrong type: expected {expected}")
+    ok = math.isfinite(value) and ((value >= lo) if lo_in else (value > lo)) and (
+        (value <= hi) if hi_in else (value < hi))
+    if not ok:
+        raise ValueError(f"config value {key}={value!r} is out of range: expected {expected}")
+
+
+def validate_config(cfg: Config) -> None:
+    """Raise a ValueError naming the key, the value and the allowed range of the first numeric
+    value of ``cfg`` outside its range (e.g. ``eval.prob_thresh=85``: a probability in (0, 1)),
+    and of a bad ``train.lr_milestones`` or empty ``eval.datasets``."""
+    for key in _RANGES:
+        sec, name = key.split(".")
+        _check_value(key, getattr(getattr(cfg, sec), name))
+    ms = cfg.train.lr_milestones
+    if not isinstance(ms, tuple) or not all(
+            isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in ms) or list(
+            ms) != sorted(ms):
+        raise ValueError(f"config value train.lr_milestones={ms!r} is invalid: expected "
+                         "increasing epoch numbers >= 1, e.g. (17, 20)")
+    ds = cfg.eval.datasets
+    if not isinstance(ds, tuple) or not ds or not all(isinstance(d, str) for d in ds):
+        raise ValueError(f"config value eval.datasets={ds!r} is invalid: expected a non-empty "
+                         "list of dataset names")

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from probe_lib.clicks import clicks_to_tensor, next_click  # the clicker lives there (§5.2)
+from probe_lib.metrics import check_gt_encoding, summarize
 from probe_lib.metrics import iou as mask_iou
-from probe_lib.metrics import summarize
 
 PROTOCOLS = ("isegprobe_fixed224", "plain")
 
@@ -280,6 +280,18 @@ class EvalResult:
                          seconds_per_click=self.seconds_per_click, n_boot=n_boot, seed=seed)
 
 
+def _check_eval_settings(max_clicks: int, prob_thresh: float, target_size: int) -> None:
+    if isinstance(max_clicks, bool) or not isinstance(max_clicks, (int, np.integer)) \
+            or max_clicks < 1:
+        raise ValueError(f"max_clicks must be an int >= 1, got {max_clicks!r}")
+    if not isinstance(prob_thresh, (int, float)) or not 0.0 < float(prob_thresh) < 1.0:
+        raise ValueError(f"prob_thresh must be a probability in (0, 1) (0.5, not 50), got "
+                         f"{prob_thresh!r}")
+    if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)) \
+            or target_size < 1:
+        raise ValueError(f"target_size must be an int >= 1, got {target_size!r}")
+
+
 def evaluate_instance(predictor: Predictor, image: np.ndarray, gt: np.ndarray, *,
                       protocol: str = "isegprobe_fixed224", max_clicks: int = 20,
                       prob_thresh: float = 0.5, flip: bool = True, target_size: int = 224,
@@ -300,8 +312,17 @@ def evaluate_instance(predictor: Predictor, image: np.ndarray, gt: np.ndarray, *
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    _check_eval_settings(max_clicks, prob_thresh, target_size)
     clicker = clicker or next_click
     zoom = zoom or ZoomInParams(target_size=target_size)
+    gt = np.asarray(gt)
+    if gt.ndim != 2:
+        raise ValueError(f"gt must be a 2-D (H, W) array, got shape {gt.shape}")
+    check_gt_encoding(gt, "gt")
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3) RGB in 0..255, got {image.dtype} "
+                         f"{image.shape}")
     h, w = gt.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"image {image.shape[:2]} and gt {gt.shape} sizes differ")
@@ -350,6 +371,12 @@ def evaluate_dataset(model: Any, dataset: Any, *, protocol: str = "isegprobe_fix
     from tqdm.auto import tqdm
 
     name = dataset_name or getattr(dataset, "name", type(dataset).__name__)
+    _check_eval_settings(max_clicks, prob_thresh, target_size)
+    if num_instances is not None and (isinstance(num_instances, bool)
+                                      or not isinstance(num_instances, (int, np.integer))
+                                      or num_instances < 1):
+        raise ValueError(f"num_instances must be an int >= 1 or None (= every instance), got "
+                         f"{num_instances!r}")
     instances = list(dataset.instances())
     n = len(instances) if num_instances is None else min(int(num_instances), len(instances))
     if n == 0:
@@ -364,6 +391,8 @@ def evaluate_dataset(model: Any, dataset: Any, *, protocol: str = "isegprobe_fix
         for k in tqdm(range(n), desc=f"NoC {name}", disable=not progress):
             image, gt, inst_name = dataset.get_instance(k)
             gt = np.asarray(gt)
+            # before the empty check: a 0/255 mask would otherwise be skipped as "empty"
+            check_gt_encoding(gt, f"dataset {name!r} instance {k} ({inst_name}): gt")
             if not (gt == 1).any():
                 skipped += 1
                 continue

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from probe_lib.metrics import check_gt_encoding
+
 # Names the upsampler registry accepts as the same method (SPEC §1: iSegProbe's `jbu_featup`).
 _UPSAMPLER_ALIASES = {"jbu_featup": "featup_jbu"}
 
@@ -109,6 +111,7 @@ def mask_iou(mask: np.ndarray, gt: np.ndarray, ignore_label: int = -1) -> float:
     gt = np.asarray(gt)
     if mask.shape != gt.shape:
         raise ValueError(f"mask shape {mask.shape} differs from ground-truth shape {gt.shape}")
+    check_gt_encoding(gt, "gt", ignore_label)
     valid = gt != ignore_label
     obj = gt == 1
     union = np.logical_and(np.logical_or(mask, obj), valid).sum()

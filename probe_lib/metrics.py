@@ -16,11 +16,34 @@ NOC_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.arange(0.8, 0.951
 NOC_NAMES: tuple[str, ...] = ("NoC80", "NoC85", "NoC90", "NoC95")
 
 
+def check_gt_encoding(gt: np.ndarray, name: str = "gt", ignore_label: int = -1) -> None:
+    """Raise a ValueError unless ``gt`` holds only 1 (object), 0 (background) and
+    ``ignore_label``.
+
+    A 0/255 mask (or a label map with ids > 1) would otherwise read as "no object": the clicker,
+    the IoU and the evaluator all test ``gt == 1``. Such masks are rejected, not converted,
+    because 255 means "void" in some datasets (PascalVOC) and "object" in others.
+    """
+    gt = np.asarray(gt)
+    if gt.dtype == bool:
+        return
+    bad = (gt != 0) & (gt != 1) & (gt != ignore_label)
+    if not bad.any():
+        return
+    values = np.unique(gt[bad])
+    hint = (" A 0/255 mask? Convert it first, e.g. gt = (mask > 127).astype(np.int8)."
+            if np.isin(255, values) else "")
+    raise ValueError(f"{name} must hold 1 = object, 0 = background, {ignore_label} = ignore; it "
+                     f"also holds {values[:8].tolist()}{' ...' if values.size > 8 else ''}."
+                     + hint)
+
+
 def iou(gt: np.ndarray, pred: np.ndarray, ignore_label: int = -1) -> float:
     """Mask IoU at the ground truth's resolution, ignoring ``ignore_label`` pixels.
 
     Args:
-        gt: int array (H, W); 1 = object, ``ignore_label`` = ignore, anything else background.
+        gt: int array (H, W); 1 = object, 0 = background, ``ignore_label`` = ignore (any other
+            value, e.g. a 0/255 mask, raises a ValueError).
         pred: bool array (H, W), the thresholded prediction.
 
     Returns:
@@ -32,6 +55,7 @@ def iou(gt: np.ndarray, pred: np.ndarray, ignore_label: int = -1) -> float:
     if gt.shape != pred.shape or gt.ndim != 2:
         raise ValueError(f"gt and pred must be 2-D arrays of the same shape, got {gt.shape} and "
                          f"{pred.shape}")
+    check_gt_encoding(gt, "gt", ignore_label)
     valid = gt != ignore_label
     obj = gt == 1
     inter = np.count_nonzero(pred & obj & valid)
@@ -42,7 +66,11 @@ def iou(gt: np.ndarray, pred: np.ndarray, ignore_label: int = -1) -> float:
 
 
 def _rows(ious) -> list[np.ndarray]:
-    """Per-instance float32 curves; accepts an (N, K) array or a list of 1-D curves."""
+    """Per-instance float32 curves; accepts an (N, K) array or a list of 1-D curves.
+
+    NaN IoUs and values outside [0, 1] (e.g. percentages) raise a ValueError: either would
+    silently turn into NoC = max_clicks or NoC = 1.
+    """
     if isinstance(ious, np.ndarray):
         if ious.ndim != 2:
             raise ValueError(f"ious must be an (N, K) array of per-click IoU curves, got shape "
@@ -52,6 +80,19 @@ def _rows(ious) -> list[np.ndarray]:
         rows = [np.asarray(r, dtype=np.float32).reshape(-1) for r in ious]
     if len(rows) == 0:
         raise ValueError("ious is empty: NoC needs at least one instance's IoU curve")
+    nan_rows = [i for i, r in enumerate(rows) if np.isnan(r).any()]
+    if nan_rows:
+        raise ValueError(
+            f"ious contain NaN for {len(nan_rows)} instance(s) (rows {nan_rows[:10]}"
+            f"{' ...' if len(nan_rows) > 10 else ''}): an IoU is NaN when the object and the "
+            "prediction are both empty; NoC would count it as a failure. Drop those instances "
+            "(the evaluator skips objects without pixels).")
+    filled = [r for r in rows if r.size]
+    lo = min(float(r.min()) for r in filled) if filled else 0.0
+    hi = max(float(r.max()) for r in filled) if filled else 0.0
+    if lo < 0.0 or hi > 1.0 + 1e-6:
+        raise ValueError(f"ious must be fractions in [0, 1], got values in [{lo:g}, {hi:g}]"
+                         + (" (IoUs in percent? divide by 100)" if hi > 1.0 + 1e-6 else ""))
     return rows
 
 

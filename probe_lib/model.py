@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe_lib.clicks import click_maps
+from probe_lib.clicks import check_points, click_maps
 from probe_lib.upsamplers.precision import (
     PrecisionChoice,
     check_precision,
@@ -358,6 +358,10 @@ class ISProbe(nn.Module):
                 or points.shape[2] != 3 or points.shape[1] % 2):
             got = tuple(points.shape) if isinstance(points, torch.Tensor) else points
             raise ValueError(f"points must be (B, 2N, 3) with B = {batch}, got {got}")
+        if not bool(torch.isfinite(prev_mask).all()):
+            raise ValueError("prev_mask (the previous prediction, probabilities in [0, 1]) "
+                             "contains NaN or Inf")
+        check_points(points, None, "points")
 
     def click_encoder_input(self, prev_mask: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) = [previous-mask probability, positive disks, negative disks]."""
@@ -435,7 +439,12 @@ class ISProbe(nn.Module):
 
     def forward_cached(self, cache: dict[str, Any], prev_mask: torch.Tensor,
                        points: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1, H, W) from :meth:`encode_image`'s cache; equal to :meth:`forward`."""
+        """Logits (B, 1, H, W) from :meth:`encode_image`'s cache; equal to :meth:`forward`.
+
+        Unlike :meth:`forward`, clicks outside the input are accepted (their disks are clipped):
+        the ZoomIn evaluator passes the clicks that lie outside its zoomed region, as the
+        reference evaluator does. NaN clicks or masks still raise a ValueError.
+        """
         if cache.get("injection") != self.injection:
             raise ValueError(f"cache was made for injection {cache.get('injection')!r}, this probe "
                              f"uses {self.injection!r}")
@@ -472,7 +481,8 @@ class ISProbe(nn.Module):
             image: (B, 3, H, W) float RGB in [0, 1]; H, W multiples of the patch size.
             prev_mask: (B, 1, H, W) previous prediction as a probability (zeros at first).
             points: (B, 2N, 3) clicks ``(row, col, order)`` in input pixels, N positive rows
-                then N negative rows, padding ``(-1, -1, -1)`` (SPEC §3.1).
+                then N negative rows, padding ``(-1, -1, -1)`` (SPEC §3.1). A click outside the
+                input (``0 <= row < H``, ``0 <= col < W``) or a NaN raises a ValueError.
             cache: optional output of :meth:`encode_image` for ``image`` (then ``image`` is
                 not looked at again); lets DDP-wrapped training reuse frozen features.
 
@@ -481,6 +491,9 @@ class ISProbe(nn.Module):
         """
         check_image_batch(image, "image")
         self._check(image, prev_mask, points, tuple(image.shape[-2:]), image.shape[0])
+        # forward_cached accepts clicks outside the input (the ZoomIn evaluator's clicks outside
+        # its zoomed region); a direct forward does not: such a click is a caller's mistake
+        check_points(points, tuple(image.shape[-2:]), "points")
         if cache is None:
             cache = self.encode_image(image)
         return self.forward_cached(cache, prev_mask, points)

@@ -275,6 +275,21 @@ def force_backup_dir(root: Path, name: str) -> Path:
     return root / ".force-backup" / name
 
 
+def select_runs(preset: str, only: list[str] | None = None) -> list[Run]:
+    """The runs of ``preset``'s grid that ``only`` names (run or upsampler names; None or empty =
+    all). A name that matches no run raises a ValueError listing the valid names: a typo must
+    not silently run a subset."""
+    grid = GRIDS[preset]
+    if not only:
+        return list(grid)
+    valid = [r.name(preset) for r in grid] + list(dict.fromkeys(r.upsampler for r in grid))
+    unknown = [n for n in only if n not in valid]
+    if unknown:
+        raise ValueError(f"--only {' '.join(unknown)}: no such run or upsampler in the "
+                         f"{preset} grid; valid names: {', '.join(valid)}")
+    return [r for r in grid if r.name(preset) in only or r.upsampler in only]
+
+
 def default_jobs() -> int:
     """``--jobs auto``: 2 on a CPU-only machine with >= 2 cores, else 1."""
     import torch
@@ -293,6 +308,7 @@ def sweep(preset: str = "small", *, root: Path | None = None, only: list[str] | 
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(GRIDS)}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    select_runs(preset, only)  # names checked before anything is touched
     saved = {k: os.environ.get(k) for k in ("PROBE_LIB_RESULTS", "PROBE_LIB_DATA",
                                             "PROBE_LIB_CACHE", "HF_HUB_OFFLINE", "MPLBACKEND",
                                             "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -321,10 +337,7 @@ def _sweep(preset, *, root, only, force, aggregate, train_upsamplers, extra, job
     root = Path(root).resolve() if root else results_root().resolve()
     os.environ["PROBE_LIB_RESULTS"] = str(root)
     root.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in GRIDS[preset] if not only or r.name(preset) in only or r.upsampler in only]
-    if not runs:
-        raise ValueError(f"--only {only} selects no run; runs of {preset}: "
-                         + ", ".join(r.name(preset) for r in GRIDS[preset]))
+    runs = select_runs(preset, only)
     t0 = time.perf_counter()
     status: list[dict] = []
     if train_upsamplers:
@@ -398,7 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in GRIDS[a.preset]:
             print(r.name(a.preset))
         return 0
-    extra = {"NUM_INSTANCES": a.eval_instances} if a.eval_instances else None
+    if a.eval_instances is not None and a.eval_instances < 1:
+        p.error(f"--eval-instances must be >= 1 (leave it out to evaluate every instance), got "
+                f"{a.eval_instances}")
+    try:
+        select_runs(a.preset, a.only)
+    except ValueError as e:
+        p.error(str(e))
+    extra = {"NUM_INSTANCES": a.eval_instances} if a.eval_instances is not None else None
     status = sweep(a.preset, root=Path(a.results) if a.results else None, only=a.only,
                    force=a.force, train_upsamplers=not a.no_upsampler_training, extra=extra,
                    jobs=jobs)

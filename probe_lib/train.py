@@ -475,6 +475,9 @@ def train_probe(
     """
     from tqdm.auto import tqdm
 
+    from probe_lib.config import validate_config
+
+    validate_config(cfg)  # also a Config built with dataclasses.replace, not make_config
     tc = cfg.train
     rank, world, local = _dist_env()
     device = torch.device(device) if device is not None else get_device()
@@ -740,7 +743,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = _parse_value(v)
-    cfg = make_config(args.preset, **overrides)
+    try:
+        cfg = make_config(args.preset, **overrides)
+    except ValueError as e:  # a bad key or value: a usage error, not a traceback
+        p.error(str(e))
     hist = train_probe(cfg, out_path=args.out, resume=not args.no_resume,
                        progress=not args.no_progress, device=args.device)
     rank, world, _ = _dist_env()

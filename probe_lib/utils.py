@@ -174,7 +174,7 @@ def environment_info() -> dict[str, str]:
 
 
 def check_image_batch(image: torch.Tensor, name: str = "image") -> None:
-    """Raise a ValueError unless ``image`` is a (B, 3, H, W) float tensor."""
+    """Raise a ValueError unless ``image`` is a finite (B, 3, H, W) float tensor."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(  # noqa: TRY004
             f"{name} must be a torch.Tensor, got {type(image).__name__}")
@@ -183,3 +183,9 @@ def check_image_batch(image: torch.Tensor, name: str = "image") -> None:
                          f"got {tuple(image.shape)}")
     if not image.is_floating_point():
         raise ValueError(f"{name} must be a float tensor with RGB in [0, 1], got {image.dtype}")
+    finite = torch.isfinite(image)
+    if not bool(finite.all()):
+        n = int((~finite).sum())
+        raise ValueError(f"{name} contains {n} NaN or Inf value(s) of {image.numel()}: the input "
+                         f"image itself is not finite (decode or preprocessing problem), so no "
+                         "feature computed from it can be")

@@ -117,7 +117,7 @@ def test_matches_naive_reference_on_random_maps():
     rng = np.random.default_rng(0)
     for _ in range(60):
         h, w = rng.integers(3, 12, size=2)
-        gt = rng.choice([-1, 0, 1, 2], size=(h, w), p=[0.1, 0.4, 0.4, 0.1])
+        gt = rng.choice([-1, 0, 1], size=(h, w), p=[0.1, 0.5, 0.4])  # other values raise
         pred = rng.random((h, w)) < 0.4
         nc = rng.random((h, w)) < 0.9
         assert next_click(gt, pred, nc) == naive_next_click(gt, pred, nc)

@@ -124,7 +124,7 @@ def test_sweep_skips_done_reports_failed_and_stale(tmp_path, fake_execute):
     assert json.loads(meta.read_text())["config_hash"] == "0123456789ab"
     assert sweep_mod.main(["--preset", "small", "--results", str(tmp_path), "--only",
                            "bilinear", "--no-upsampler-training"]) == 1
-    with pytest.raises(ValueError, match="selects no run"):
+    with pytest.raises(ValueError, match="--only nonexistent: no such run or upsampler"):
         sweep_mod.sweep("small", root=tmp_path, only=["nonexistent"], log=logs.append)
 
 

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from probe_lib.utils import atomic_write_json, cache_dir, data_root
@@ -51,7 +52,16 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"dataset manifest not found: {path} (expected "
                                 "data_scripts/manifest.json in the repository)")
-    return json.loads(path.read_text())
+    try:
+        man = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"dataset manifest {path} is not valid JSON ({e}); restore it (git "
+                         "checkout data_scripts/manifest.json) or fix the file") from e
+    if not isinstance(man, dict):
+        raise ValueError(  # noqa: TRY004 - a bad file, reported like the JSON error above
+            f"dataset manifest {path} must be a JSON object of dataset entries, got "
+            f"{type(man).__name__}")
+    return man
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -301,7 +311,18 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,
     Returns:
         The paths written (files only).
     """
-    archive, dest = Path(archive), Path(dest)
+    archive = Path(archive)
+    try:
+        return _safe_extract(archive, dest, members)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        # a truncated .tar.gz ends in EOFError deep inside gzip: name the file, say what to do
+        raise ValueError(f"archive {archive} is truncated or corrupt ({type(e).__name__}: {e}); "
+                         "delete it and download it again") from e
+
+
+def _safe_extract(archive: Path, dest: str | os.PathLike, members: list[str] | None
+                  ) -> list[Path]:
+    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     base = dest.resolve()
     wanted = set(members) if members is not None else None

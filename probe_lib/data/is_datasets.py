@@ -14,7 +14,8 @@ gray-value decoding (gray value = instance id, 220 void) with ``voc_mode="refere
 
 Files among the images whose extension is not an image type (``.txt``, ``Thumbs.db``, ...) are
 skipped with a warning (listed in ``ds.skipped_files``); an image-typed file that cannot be
-decoded raises a ValueError naming it when it is read.
+decoded, or a truncated JPEG (which OpenCV would decode with a grey-filled bottom), raises a
+ValueError naming it when it is read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,24 +63,76 @@ class ISSample:
     name: str
 
 
+# After a JPEG's start-of-scan header the entropy-coded data runs until the next marker: 0xFF
+# followed by anything but 0x00 (byte stuffing), 0xFF (fill) or 0xD0-0xD7 (restart markers).
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+
+
+def jpeg_truncated(data: bytes) -> bool:
+    """True when ``data`` is a JPEG whose segments run out before the end-of-image marker.
+
+    OpenCV (and PIL with ``LOAD_TRUNCATED_IMAGES``) decode such a file without an error and fill
+    the missing rows with grey. The check walks the marker segments (skipping embedded
+    thumbnails by their lengths) and the entropy-coded scans; it never decodes. Non-JPEG data
+    and JPEGs whose structure is unusual in another way return False (left to the decoder).
+    """
+    n = len(data)
+    if data[:2] != b"\xff\xd8":
+        return False
+    i = 2
+    while True:
+        if i >= n:
+            return True
+        if data[i] != 0xFF:
+            return False
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
+            return True
+        marker = data[i]
+        i += 1
+        if marker == 0xD9:  # end of image
+            return False
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            continue
+        if i + 2 > n:
+            return True
+        i += int.from_bytes(data[i:i + 2], "big")
+        if i > n:
+            return True
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data
+            m = _JPEG_NEXT_MARKER.search(data, i)
+            if m is None:
+                return True
+            i = m.start()
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    data = path.read_bytes()
+    if jpeg_truncated(data):
+        raise ValueError(f"{what} file {path} is truncated ({len(data)} bytes, the JPEG data ends "
+                         "before its end-of-image marker; decoding would fill the missing rows "
+                         "with grey). Download or copy it again.")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if img is None:
+        raise ValueError(f"cannot decode {what} file {path} (not a valid image?)")
+    return img
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB; a ValueError names a file that cannot be decoded."""
+    """Read an image file as uint8 (H, W, 3) RGB; a ValueError names a file that cannot be decoded
+    or that is a truncated JPEG."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot decode image file {path} (not a valid image?)")
+    img = _decode(path, cv2.IMREAD_COLOR, "image")
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def _read_mask_raw(path: Path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"mask file not found: {path}")
-    m = cv2.imread(str(path), flags)
-    if m is None:
-        raise ValueError(f"cannot decode mask file {path} (not a valid image?)")
-    return m
+    return _decode(path, flags, "mask")
 
 
 def _check_size(mask: np.ndarray, image: np.ndarray, mask_path: Path, image_path: Path) -> None:

@@ -246,6 +246,10 @@ def _read_bgr(path) -> np.ndarray:
         data = np.fromfile(str(path), np.uint8)
     except OSError as e:
         raise _Corrupt(f"cannot read image {path}: {e}") from e
+    from probe_lib.data.is_datasets import jpeg_truncated
+
+    if jpeg_truncated(memoryview(data)):  # OpenCV would decode it with a grey-filled bottom
+        raise _Corrupt(f"truncated JPEG {path} ({data.size} bytes, no end-of-image marker)")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise _Corrupt(f"cannot decode image {path}")
@@ -534,10 +538,10 @@ def fetch_sa1b(links: str | os.PathLike, root: str | os.PathLike, num_images: in
     """
     import json
     import tarfile
+    import zlib
     from pathlib import Path
 
     from probe_lib.data.download import DownloadError, download_file
-    from probe_lib.utils import atomic_write_json
 
     if int(num_images) < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -565,31 +569,49 @@ def fetch_sa1b(links: str | os.PathLike, root: str | os.PathLike, num_images: in
                 f"could not download SA-1B shard {name} from {url}: {e}. The CDN links expire: "
                 "get a fresh links file from https://ai.meta.com/datasets/segment-anything-"
                 "downloads/ and rerun (finished images and partial downloads are kept).") from e
-        with tarfile.open(archive) as tf:
-            pairs = _pairs_in_tar(tf)
-            used = 0
-            for stem, mj, mn in pairs:
-                if have >= num_images:
-                    break
-                used += 1
-                if (out_dir / f"{stem}.jpg").is_file() and (out_dir / f"{stem}.json").is_file():
-                    continue
-                for member, ext in ((mn, ".json"), (mj, ".jpg")):  # the JPEG last: it marks done
-                    dest = out_dir / f"{stem}{ext}"
-                    tmp = dest.with_name(f".{dest.name}.tmp")
-                    with tf.extractfile(member) as src, open(tmp, "wb") as f:
-                        while block := src.read(1 << 20):
-                            f.write(block)
-                    os.replace(tmp, dest)
-                have += 1
-        if used == len(pairs):
-            done.add(name)
-            atomic_write_json(sorted(done), state_path)
-        elif not keep_shards:
-            print(f"note: {name} was only partly extracted; a later run asking for more images "
-                  "downloads it again (use --keep-shards to keep it)")
-        if not keep_shards:
-            archive.unlink()
+        try:
+            have = _extract_shard(archive, out_dir, have, num_images, name, done, state_path,
+                                  keep_shards)
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            # a truncated shard fails deep inside gzip; name it and say what to do
+            raise ValueError(f"SA-1B shard {archive} is truncated or corrupt ({type(e).__name__}:"
+                             f" {e}); delete it and rerun to download it again") from e
     if have < num_images:
         print(f"only {have} images available from {len(shards)} shard(s) (asked for {num_images})")
+    return have
+
+
+def _extract_shard(archive, out_dir, have: int, num_images: int, name: str, done: set,
+                   state_path, keep_shards: bool) -> int:
+    """Extract image/JSON pairs of one shard until ``num_images`` are present; returns the new
+    count (updates ``done`` and deletes the archive unless ``keep_shards``)."""
+    import tarfile
+
+    from probe_lib.utils import atomic_write_json
+
+    with tarfile.open(archive) as tf:
+        pairs = _pairs_in_tar(tf)
+        used = 0
+        for stem, mj, mn in pairs:
+            if have >= num_images:
+                break
+            used += 1
+            if (out_dir / f"{stem}.jpg").is_file() and (out_dir / f"{stem}.json").is_file():
+                continue
+            for member, ext in ((mn, ".json"), (mj, ".jpg")):  # the JPEG last: it marks done
+                dest = out_dir / f"{stem}{ext}"
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                with tf.extractfile(member) as src, open(tmp, "wb") as f:
+                    while block := src.read(1 << 20):
+                        f.write(block)
+                os.replace(tmp, dest)
+            have += 1
+    if used == len(pairs):
+        done.add(name)
+        atomic_write_json(sorted(done), state_path)
+    elif not keep_shards:
+        print(f"note: {name} was only partly extracted; a later run asking for more images "
+              "downloads it again (use --keep-shards to keep it)")
+    if not keep_shards:
+        archive.unlink()
     return have

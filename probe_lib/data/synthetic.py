@@ -451,11 +451,21 @@ def _params(num_images: int, size: int, seed: int) -> dict:
 
 
 def read_manifest(root: str | os.PathLike) -> dict | None:
-    """The manifest of a synthetic set at ``root`` (None when absent or unreadable)."""
+    """The manifest of a synthetic set at ``root`` (None when absent).
+
+    A manifest that exists but is not valid JSON raises a ValueError naming it (treating it as
+    absent would report the set as "not a synthetic set").
+    """
+    path = Path(root) / "manifest.json"
     try:
-        return json.loads((Path(root) / "manifest.json").read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except OSError:
         return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"synthetic-set manifest {path} is corrupt (not valid JSON: {e}); "
+                         f"delete the folder {Path(root)} and it is generated again") from e
 
 
 def _generate(tmp: Path, num_images: int, size: int, seed: int, progress: bool) -> dict:
