@@ -302,6 +302,8 @@ _RANGES: dict[str, tuple[str, float, bool, float, bool, bool]] = {
     "upsampler.train_save_every": ("int", 1, True, _INF, False, False),
     # a fraction of the input side: 1.0 = full resolution guidance
     "upsampler.loftup_train_out_scale": ("float", 0, False, 1, True, False),
+    # torchvision ColorJitter strength (brightness, contrast, saturation, hue); 0 = off
+    "upsampler.lift_color_jitter": ("float", 0, True, 0.5, True, False),
     "probe.image_size": ("int", 1, True, _INF, False, False),
     "probe.click_radius": ("float", 0, False, _INF, False, False),
     "train.seed": ("int", 0, True, _INF, False, False),  # numpy seeds must be >= 0
@@ -315,6 +317,8 @@ _RANGES: dict[str, tuple[str, float, bool, float, bool, bool]] = {
     "train.num_images": ("int", 1, True, _INF, False, True),
     "train.val_samples": ("int", 0, True, _INF, False, False),  # 0 = no validation
     "train.num_workers": ("int", 0, True, _INF, False, False),
+    "train.warmup_steps": ("int", 0, True, _INF, False, False),  # 0 = no warm-up
+    "train.crop_bank": ("int", 0, True, _INF, False, False),  # 0 = fresh augmentation per draw
     "eval.max_clicks": ("int", 1, True, _INF, False, False),
     "eval.prob_thresh": ("float", 0, False, 1, False, False),
     "eval.target_size": ("int", 1, True, _INF, False, False),

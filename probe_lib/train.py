@@ -52,6 +52,7 @@ __all__ = ["ProbeTrainSet", "batch_loss", "checkpoint_epochs", "default_out_path
            "probe_checkpoint_path", "train_probe", "validate"]
 
 REFERENCE_SIZE = 224  # the recipe's crop; other sizes rescale the data by size / 224 first
+LR_SCHEDULES = ("multistep", "cosine")
 _BANK_STREAM = 2**31 - 2  # random stream of the crop bank's augmentations (never an epoch number)
 
 
@@ -556,6 +557,8 @@ def train_probe(
     total_steps = steps_per_epoch * tc.epochs
     per_rank = tc.batch_size // world
     # the reference: MultiStepLR stepped per epoch; a short schedule: per-step warm-up + cosine
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule={tc.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
     warmup = None
     if tc.lr_schedule == "multistep" and tc.warmup_steps == 0:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(tc.lr_milestones),
