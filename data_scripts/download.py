@@ -4,7 +4,7 @@
     python data_scripts/download.py all
     python data_scripts/download.py --list
 
-Default root: $PROBE_LIB_DATA (./data); dataset NAME lands in <root>/NAME, archives stay in
+Default root: $PROBE_LIB_DATA, else data/ of the source checkout; dataset NAME lands in <root>/NAME, archives stay in
 <root>/_downloads (delete them after unpacking if space is short; --verify-only then has nothing
 to check). Resumable: an interrupted download continues from its .part file. Sources, sizes,
 licences and citations: data_scripts/manifest.json. The synthetic set needs no download:

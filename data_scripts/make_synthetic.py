@@ -2,8 +2,9 @@
 
     python data_scripts/make_synthetic.py [--root DIR] [--num-images 200] [--size 224] [--seed 0]
 
-Default root: $PROBE_LIB_DATA/synthetic (./data/synthetic). Idempotent: nothing is done when a set
-with the same parameters is already there.
+Default root: <data root>/synthetic, the data root being $PROBE_LIB_DATA, else data/ of the
+source checkout. Idempotent: nothing is done when a set with the same parameters is already
+there.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None  # None = $PROBE_LIB_DATA or ./data
+    root: str | None = None  # None = probe_lib.utils.data_root()
     train_dataset: str = "SBD"
     synthetic_num_images: int = 200
     synthetic_image_size: int = 224

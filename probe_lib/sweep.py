@@ -37,7 +37,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from probe_lib.utils import atomic_write_json, checkpoint_path, results_root
+from probe_lib.utils import (
+    atomic_write_json,
+    cache_dir,
+    checkpoint_path,
+    data_root,
+    results_root,
+    run_name,
+)
 
 TRAIN_NOTEBOOK = "09_is_probe_training"
 EVAL_NOTEBOOK = "10_noc_evaluation"
@@ -61,7 +68,8 @@ class Run:
     injection: str
 
     def name(self, preset: str) -> str:
-        return f"{preset}-{self.upsampler}-{self.click_encoder}-{self.injection}"
+        # the same folder notebook 10 writes to by default (one rule: probe_lib.utils.run_name)
+        return run_name(preset, self.upsampler, self.click_encoder, self.injection)
 
 
 # The late probes of the small grid use the patch-embedding encoder: SimpleViT (14.4 M params, 6
@@ -329,9 +337,9 @@ def sweep(preset: str = "small", *, root: Path | None = None, only: list[str] | 
 def _sweep(preset, *, root, only, force, aggregate, train_upsamplers, extra, jobs, log
            ) -> list[dict]:
     # notebooks run in their own folder: make every location absolute first
-    for var, default in (("PROBE_LIB_RESULTS", "results"), ("PROBE_LIB_DATA", "data"),
-                         ("PROBE_LIB_CACHE", "~/.cache/probe_lib")):
-        os.environ[var] = str(Path(os.environ.get(var, default)).expanduser().resolve())
+    for var, where in (("PROBE_LIB_RESULTS", results_root), ("PROBE_LIB_DATA", data_root),
+                       ("PROBE_LIB_CACHE", cache_dir)):
+        os.environ[var] = str(where().resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     root = Path(root).resolve() if root else results_root().resolve()
@@ -380,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m probe_lib.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=sorted(GRIDS))
-    p.add_argument("--results", default=None, help="results folder (default $PROBE_LIB_RESULTS "
-                   "or ./results)")
+    p.add_argument("--results", default=None, help="results folder (default $PROBE_LIB_RESULTS, "
+                   "else results/ of the source checkout, else ./results)")
     p.add_argument("--only", nargs="*", default=None,
                    help="run names or upsampler names to run (default: the whole grid)")
     p.add_argument("--force", action="store_true",

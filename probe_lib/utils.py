@@ -20,9 +20,43 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def source_root(start: str | Path | None = None) -> Path | None:
+    """The source checkout this package runs from, or None for an installed copy.
+
+    Walks up from ``start`` (default: this file) to the nearest ``pyproject.toml`` and returns its
+    folder when that file declares ``name = "probe_lib"``; a ``pyproject.toml`` of another project
+    (the package vendored or installed inside it) or none at all gives None.
+    """
+    here = Path(start if start is not None else __file__).resolve()
+    for folder in [here, *here.parents] if here.is_dir() else here.parents:
+        pp = folder / "pyproject.toml"
+        if pp.is_file():
+            try:
+                text = pp.read_text(encoding="utf-8")
+            except OSError:
+                return None
+            # the [project] table's name; tomllib is 3.11+ and this is the only key we need
+            m = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
+            if m and re.search(r'^name\s*=\s*["\']probe_lib["\']\s*$', m.group(1), re.MULTILINE):
+                return folder
+            return None
+    return None
+
+
+def _root(env: str, folder: str) -> Path:
+    # one place wherever a kernel starts (repo root, notebooks/, ...): the environment variable,
+    # else <source checkout>/<folder>, else <cwd>/<folder> for an installed package
+    value = os.environ.get(env, "").strip()
+    if value:
+        return Path(value).expanduser()
+    src = source_root()
+    return (src if src is not None else Path.cwd()) / folder
+
+
 def data_root() -> Path:
-    """Data root: ``$PROBE_LIB_DATA`` or ``./data``."""
-    return Path(os.environ.get("PROBE_LIB_DATA", "data")).expanduser()
+    """Data root: ``$PROBE_LIB_DATA``, else ``<repo>/data`` when running from a source checkout
+    (whatever the working directory, e.g. a kernel started in ``notebooks/``), else ``./data``."""
+    return _root("PROBE_LIB_DATA", "data")
 
 
 def cache_dir() -> Path:
@@ -31,8 +65,35 @@ def cache_dir() -> Path:
 
 
 def results_root() -> Path:
-    """Where executed notebooks and results go: ``$PROBE_LIB_RESULTS`` or ``./results``."""
-    return Path(os.environ.get("PROBE_LIB_RESULTS", "results")).expanduser()
+    """Where executed notebooks and results go: ``$PROBE_LIB_RESULTS``, else ``<repo>/results``
+    when running from a source checkout, else ``./results``."""
+    return _root("PROBE_LIB_RESULTS", "results")
+
+
+def run_name(preset: str, upsampler: str, click_encoder: str, injection: str) -> str:
+    """Name of one probe's evaluation folder: ``<preset>-<upsampler>-<click_encoder>-<injection>``.
+
+    The one rule shared by the sweep, notebook 10 (writes there by default) and notebook 11
+    (collects :func:`run_glob`), so that running 09 -> 10 -> 11 by hand shows the result.
+    """
+    for arg, v in (("preset", preset), ("upsampler", upsampler),
+                   ("click_encoder", click_encoder), ("injection", injection)):
+        if not v or "/" in v or "-" in v or "*" in v:
+            raise ValueError(f"run_name: {arg}={v!r} must be a non-empty name without '/', '-' "
+                             "or '*' (the folder name is split on '-')")
+    return f"{preset}-{upsampler}-{click_encoder}-{injection}"
+
+
+def run_glob(preset: str) -> str:
+    """Glob (relative to :func:`results_root`) matching every :func:`run_name` of ``preset``."""
+    return f"{preset}-*"
+
+
+def run_dir(preset: str, upsampler: str, click_encoder: str, injection: str,
+            root: str | Path | None = None) -> Path:
+    """``<root or results_root()>/<run_name(...)>``: where one probe's metrics go."""
+    return Path(root if root is not None else results_root()) / run_name(
+        preset, upsampler, click_encoder, injection)
 
 
 def checkpoint_path(kind: str, name: str, preset: str) -> Path:

@@ -484,3 +484,37 @@ def test_loftup_jitter_without_resize_back_keeps_view_size_patch_aligned():
     assert apply_loftup_jitter(x, j).shape[-2:] == (28, 28)
     y = apply_loftup_jitter(x, j, resize_back=False, multiple=7)
     assert y.shape[-2:] == (35, 28)  # (28 + 8) * 1.1 = 39.6 -> 40, cropped to 35
+
+
+def test_train_tiny_saves_apart_and_labels_its_weights(tmp_path, monkeypatch):
+    # notebooks 04/05 train a tiny model when 06-08 have not run: it must never take the place of
+    # the real checkpoint (the sweep skips training when <name>-<preset>.pt exists)
+    from probe_lib.backbones import create_backbone
+    from probe_lib.config import make_config
+    from probe_lib.upsampler_training import recipes
+    from probe_lib.upsampler_training.loop import TrainResult
+    from probe_lib.upsamplers import create_upsampler
+    from probe_lib.upsamplers.base import save_upsampler_checkpoint
+    from probe_lib.utils import checkpoint_path
+
+    monkeypatch.setenv("PROBE_LIB_CACHE", str(tmp_path))
+    bb = create_backbone("test_tiny")
+    calls = []
+
+    def fake_stage1(cfg, backbone, *, steps, checkpoint, overwrite, progress):
+        calls.append({"steps": steps, "checkpoint": checkpoint, "overwrite": overwrite})
+        up = create_upsampler("loftup", dim=backbone.embed_dim, trainable=True)
+        save_upsampler_checkpoint(up, checkpoint, config=cfg, backbone="tiny", step=steps)
+        return up, TrainResult([], {}, checkpoint, 0.0)
+
+    monkeypatch.setitem(recipes._TINY, "loftup", fake_stage1)
+    up, res = recipes.train_tiny("loftup", make_config("small"), bb, steps=3)
+    tiny_path = checkpoint_path("upsampler", "loftup_tiny", "small")
+    assert calls == [{"steps": 3, "checkpoint": tiny_path, "overwrite": True}]
+    assert tiny_path.is_file() and not checkpoint_path("upsampler", "loftup", "small").exists()
+    assert "loftup_tiny-small.pt" in up.weights_id and "step 3" in up.weights_id
+    assert not up.training and res.checkpoint == tiny_path
+    with pytest.raises(ValueError, match="no tiny recipe"):
+        recipes.train_tiny("lift", make_config("small"), bb)
+    with pytest.raises(ValueError, match="steps"):
+        recipes.train_tiny("loftup", make_config("small"), bb, steps=0)

@@ -4,6 +4,7 @@ and the per-image implicit fit."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -386,3 +387,31 @@ def test_bicubic_reflect_pad_matches_interpolate_then_pad(hw, size):
                                torch.autograd.grad((ref * g).sum(), x)[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="reflect-padded"):
         bicubic_reflect_pad(x, (2, 2))
+
+
+@pytest.mark.parametrize("h,size", [(16, 224), (8, 112), (5, 37)])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_token_positions_match_torch_interpolate(h, size, align_corners):
+    # interpolate a ramp f(i) = i: a pixel's value is the source position it reads, so pixel x
+    # holds the value i exactly where token i sits (away from the clamped half-token borders)
+    from probe_lib.upsamplers.analysis import token_positions
+
+    ramp = torch.arange(h, dtype=torch.float64).view(1, 1, 1, h).expand(1, 1, 2, h)
+    out = F.interpolate(ramp, size=(2, size), mode="bilinear", align_corners=align_corners)[0, 0, 0]
+    pos = token_positions(h, size, align_corners)
+    inner = slice(None) if align_corners else slice(1, h - 1)
+    read = np.interp(pos[inner].numpy(), np.arange(size), out.numpy())
+    np.testing.assert_allclose(read, np.arange(h)[inner], atol=1e-9)
+
+
+def test_token_positions_vs_patch_centres_at_224():
+    from probe_lib.upsamplers.analysis import patch_centres, token_positions
+
+    centres = patch_centres(16, 14)
+    assert centres[0] == 6.5 and centres[-1] == 216.5
+    torch.testing.assert_close(token_positions(16, 224, align_corners=False), centres)
+    off = token_positions(16, 224, align_corners=True) - centres
+    assert abs(float(off[0]) + 6.5) < 1e-12 and abs(float(off[-1]) - 6.5) < 1e-12
+    assert abs(float(token_positions(16, 224, True)[1]) - 223 / 15) < 1e-12
+    with pytest.raises(ValueError, match="h >= 2"):
+        token_positions(1, 224, True)

@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Download, verify and unpack the datasets of data_scripts/manifest.json")
     ap.add_argument("names", nargs="*", help="manifest names (e.g. GrabCut DAVIS) or 'all'")
-    ap.add_argument("--root", default=None, help="data root (default $PROBE_LIB_DATA or ./data)")
+    ap.add_argument("--root", default=None, help="data root (default: probe_lib.utils.data_root())")
     ap.add_argument("--manifest", default=None, help="manifest path (default data_scripts/...)")
     ap.add_argument("--verify-only", action="store_true", help="check hashes, download nothing")
     ap.add_argument("--list", action="store_true", help="list the datasets and exit")

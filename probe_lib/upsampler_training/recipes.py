@@ -260,3 +260,37 @@ def evaluate_boundaries(upsamplers: dict[str, nn.Module], backbone: nn.Module, c
                         for i in range(0, len(img), 2)])
         out[name] = boundary_scores(hr, held[labels])
     return out
+
+
+# What a notebook that only *shows* an upsampler (04 LoftUp, 05 FeatSharp) trains when the
+# training notebooks (06/07, 08) have not run yet: the method's first stage, a few steps.
+_TINY = {"loftup": train_loftup_stage1, "featsharp": train_featsharp}
+
+
+def train_tiny(name: str, cfg, backbone: nn.Module, steps: int = 10, progress: bool = False,
+               **load_kw: Any) -> tuple[nn.Module, TrainResult]:
+    """A tiny, clearly labelled training run of ``name`` so that a notebook read in order (01 ->
+    12) shows a briefly trained model instead of random weights.
+
+    Runs ``steps`` steps of the method's recipe at ``cfg`` (LoftUp: stage 1 only; FeatSharp: its
+    multi-view objective) and saves them as ``<name>_tiny-<preset>.pt`` in the checkpoint cache,
+    *never* as ``<name>-<preset>.pt``: the real checkpoint of notebooks 06/07/08 (and the sweep's
+    check for it) is not shadowed. Returns ``(upsampler, TrainResult)``; the upsampler is loaded
+    back from that file with ``load_kw`` (e.g. ``minmax_scope=``, ``featsharp_factor=``; FeatSharp
+    gets ``backbone``), so its ``weights_id`` names the tiny checkpoint and its step count.
+    """
+    from probe_lib.upsamplers import create_upsampler
+
+    if name not in _TINY:
+        raise ValueError(f"train_tiny: name={name!r} has no tiny recipe; valid: "
+                         + ", ".join(sorted(_TINY)))
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"train_tiny: steps must be a positive int, got {steps!r}")
+    path = checkpoint_path("upsampler", f"{name}_tiny", cfg.preset)
+    _, res = _TINY[name](cfg, backbone, steps=steps, checkpoint=path, overwrite=True,
+                         progress=progress)
+    device = next(backbone.parameters()).device
+    if name == "featsharp":  # it runs the backbone on its tiles
+        load_kw["backbone"] = backbone
+    up = create_upsampler(name, dim=backbone.embed_dim, weights=path, **load_kw)
+    return up.to(device).eval(), res

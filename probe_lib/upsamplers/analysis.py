@@ -12,6 +12,34 @@ from .base import imagenet_normalize
 from .featup import RADIUS, JBUStage
 
 
+def token_positions(h: int, size: int, align_corners: bool) -> torch.Tensor:
+    """Where 2-D interpolation from ``h`` tokens to ``size`` pixels puts each token's own value.
+
+    Pixel ``x`` (its centre at the integer ``x``) reads the source position
+    ``u = x (h-1)/(size-1)`` with ``align_corners=True`` and ``u = (x + 0.5) h/size - 0.5`` with
+    ``align_corners=False``; token ``i`` sits where ``u = i``. Returns ``(h,)`` float64 pixel
+    coordinates: ``i (size-1)/(h-1)`` resp. ``(i + 0.5) size/h - 0.5``. With ``size = p h`` (p the
+    patch size) the second is the patch centre ``p i + (p-1)/2`` (:func:`patch_centres`); the
+    first stretches the grid so the corner tokens land on the corner pixels (224 px, 16 tokens:
+    14.87 i, up to 6.5 px from the patch centres at the borders).
+    """
+    if h < 2 or size < 2:
+        raise ValueError(f"token_positions: need h >= 2 and size >= 2, got h={h}, size={size}")
+    i = torch.arange(h, dtype=torch.float64)
+    if align_corners:
+        return i * (size - 1) / (h - 1)
+    return (i + 0.5) * size / h - 0.5
+
+
+def patch_centres(h: int, patch: int) -> torch.Tensor:
+    """Pixel coordinate of the centre of each of ``h`` patches of ``patch`` pixels: ``(h,)``
+    float64, ``patch i + (patch - 1)/2`` (pixel centres at integers, as in :func:`token_positions`).
+    """
+    if h < 1 or patch < 1:
+        raise ValueError(f"patch_centres: need h >= 1 and patch >= 1, got h={h}, patch={patch}")
+    return torch.arange(h, dtype=torch.float64) * patch + (patch - 1) / 2
+
+
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, H, W)``: L2 norm over channels of central differences
     (replicate-padded), i.e. how fast the map changes at each pixel."""
