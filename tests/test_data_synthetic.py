@@ -138,3 +138,23 @@ def test_speed_200_images_at_224_well_under_a_minute(tmp_path):
     per_image = (time.process_time() - t0) / 12
     # 200 images must take well under 60 s on the 2-core machine (measured: ~0.08 s per image)
     assert per_image * 200 < 45, per_image
+
+
+def test_token_grid_ceiling_hand_cases_and_teaching_set_range():
+    import numpy as np
+
+    from probe_lib.upsamplers.analysis import token_grid_ceiling
+
+    whole = np.zeros((112, 112), bool)
+    whole[28:84, 28:84] = True  # aligned with the 14-px cells
+    assert 0.97 < token_grid_ceiling(whole, 112) < 1.0  # only the corners round off
+    bar = np.zeros((112, 112), bool)
+    bar[50:54, :] = True  # 4 px thin: each cell is < half covered, nothing survives
+    assert token_grid_ceiling(bar, 112) == 0.0
+    assert token_grid_ceiling(np.zeros((112, 112), bool), 112) == 1.0
+    # the teaching set: objects the grid mostly draws, with detail it cannot (mean ~0.75)
+    vals = []
+    for i in range(12):
+        s = generate_image(i, 224, seed=0)
+        vals += [token_grid_ceiling(s.instances == k, 112) for k in range(1, s.instances.max() + 1)]
+    assert 0.6 < float(np.mean(vals)) <= 0.9, vals

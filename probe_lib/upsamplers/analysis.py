@@ -148,3 +148,30 @@ def colour_guided_jbu(dim: int = 384, temperature: float = 5.0, sigma: float = 1
     up.weights_id = (f"hand-set colour range kernel (temperature {temperature}, sigma {sigma}); "
                      "not trained")
     return up
+
+
+def token_grid_ceiling(mask, size: int, patch: int = 14) -> float:
+    """IoU a mask keeps when it is drawn on the token grid: the best a probe that reads
+    features at token resolution and upsamples bilinearly can do.
+
+    The mask is resized to the network input (``size`` × ``size``, area averaging), averaged over
+    each ``patch`` × ``patch`` token cell, resized back bilinearly (``align_corners=False``, so
+    each token value sits on its patch centre) and thresholded at 0.5; returns its IoU with the
+    resized mask (1.0 for an empty mask and an empty result).
+
+    Args:
+        mask: (H, W) bool / {0, 1} array or tensor, the object.
+        size: network input side in pixels (a multiple of ``patch``).
+        patch: backbone patch size.
+    """
+    if size % patch:
+        raise ValueError(f"size={size} is not a multiple of the patch size {patch}")
+    m = torch.as_tensor(mask).float()
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {tuple(m.shape)}")
+    g = F.interpolate(m[None, None], size=(size, size), mode="area")
+    tokens = F.adaptive_avg_pool2d(g, (size // patch, size // patch))
+    back = F.interpolate(tokens, size=(size, size), mode="bilinear", align_corners=False)
+    gt, pred = g > 0.5, back > 0.5
+    union = (gt | pred).sum()
+    return 1.0 if union == 0 else float((gt & pred).sum() / union)
