@@ -1,4 +1,4 @@
-"""Per-click cost of NoC evaluation with and without feature reuse (issue 6).
+"""Per-click cost of NoC evaluation with and without feature reuse.
 
 For each upsampler and injection mode, a probe predicts a sequence of clicks on one image twice:
 recomputing everything at every click (``probe(image, prev_mask, points)``), and reusing the

@@ -1,4 +1,4 @@
-"""Click-explorer latency: one click through ``ClickPredictor`` with cached image features (issue 7).
+"""Click-explorer latency: one click through ``ClickPredictor`` with cached image features.
 
 What a user waits for after a click in ``notebooks/12_click_explorer.ipynb``: ``add_click`` +
 ``predict`` on a 512x512 photo (click mapping, previous-mask resize, the probe's

@@ -1,5 +1,5 @@
 """Probe training throughput: images/s for early vs late injection per upsampler, and where the
-time of one training step goes (backbone, upsampler, head + click encoder) — issue 5.
+time of one training step goes (backbone, upsampler, head + click encoder).
 
     python benchmarks/training.py                          # small: 112 px, batch 8, lean head, CPU
     python benchmarks/training.py --preset full --device cuda   # 224 px, paper head

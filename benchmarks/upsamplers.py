@@ -2,7 +2,7 @@
 
 For each output side S (224, 448 and 896 where it fits) the upsampler gets features on the
 (S/14) x (S/14) token grid of a DINOv2 ViT-S/14 and an S x S guidance image, and returns S x S
-features (``output_size="image"``). Goal rows add the issue's targets: FeatUp-JBU 16x16 -> 256x256
+features (``output_size="image"``). Goal rows add the project's targets: FeatUp-JBU 16x16 -> 256x256
 (its native output) and LoftUp 32x32 -> 448x448.
 
 Every measurement runs in its own subprocess so that memory numbers do not leak between methods:
@@ -275,7 +275,8 @@ def render(rows, goal_rows, args, load0, load1, elapsed) -> str:
              "as ≈ 4 in the last column.")
     text = [intro, "", *lines, ""]
     if goal_rows:
-        text += ["Goals (issue 3):", "", "| case | wall | CPU | peak MB | goal | met (wall) |",
+        text += ["Goals (the project's targets for this CPU):", "",
+                 "| case | wall | CPU | peak MB | goal | met (wall) |",
                  "|---|---|---|---|---|---|"]
         for label, r, t_goal, m_goal in goal_rows:
             if "error" in r:

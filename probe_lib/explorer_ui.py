@@ -560,7 +560,7 @@ class ClickExplorer:
 
 
 def run_scripted_clicks(explorer: ClickExplorer, num_clicks: int) -> list[dict[str, Any]]:
-    """Click like the benchmark's clicker (SPEC §5.2) on the current image's ground truth.
+    """Click like the benchmark's clicker (RITM's rule) on the current image's ground truth.
 
     Each click goes where ``probe_lib.clicks.next_click`` puts it for panel A's current mask
     (the first click at the object's most interior point), through :meth:`ClickExplorer.click`,

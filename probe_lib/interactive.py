@@ -13,7 +13,8 @@ col right, ``0 <= row < H``, ``0 <= col < W``).
 Aspect ratio: the image is resized to the probe's square input (``cfg.probe.image_size``, 112 at
 ``small``, 224 at ``full``) **without keeping its aspect ratio**, bilinear with
 ``align_corners=True``, and clicks are mapped with ``r' = S * r / H`` (``c' = S * c / W``): the
-``plain`` evaluation protocol of SPEC §5.5, i.e. §5.4 with the whole image as the region of
+``plain`` evaluation protocol of docs/evaluation.md, i.e. iSegProbe's ZoomIn with the whole
+image as the region of
 interest. The probabilities come back to ``(H, W)`` the same way (bilinear, ``align_corners=True``),
 and the previous-mask channel of the next click is the previous full-size probability map resized to
 the input again, exactly as the evaluation loop does; so the explorer shows what the ``plain``
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 
 from probe_lib.metrics import check_gt_encoding
 
-# Names the upsampler registry accepts as the same method (SPEC §1: iSegProbe's `jbu_featup`).
+# Names the upsampler registry accepts as the same method (iSegProbe's configs say `jbu_featup`).
 _UPSAMPLER_ALIASES = {"jbu_featup": "featup_jbu"}
 
 
@@ -96,7 +97,7 @@ def to_rgb_float(image: Any, name: str = "image") -> np.ndarray:
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, *size), bilinear with align_corners=True (SPEC §5.4 steps 4 and 8)."""
+    """(B, C, h, w) -> (B, C, *size), bilinear with align_corners=True (as iSegProbe's ZoomIn)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
@@ -105,7 +106,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def mask_iou(mask: np.ndarray, gt: np.ndarray, ignore_label: int = -1) -> float:
     """IoU of a bool (H, W) mask against gt (H, W) with 1 = object, ``ignore_label`` = ignored.
 
-    SPEC §5.3: |m ∧ g==1| / |(m ∨ g==1)| over non-ignored pixels; 1.0 when both are empty.
+    |m ∧ g==1| / |(m ∨ g==1)| over non-ignored pixels; 1.0 when both are empty.
     """
     mask = np.asarray(mask, dtype=bool)
     gt = np.asarray(gt)
@@ -304,7 +305,7 @@ class ClickPredictor:
 
         h, w = self.image_shape
         s = self.image_size
-        # SPEC §5.4 step 5 with the whole image as ROI: r' = S * r / H (fractional pixels).
+        # ZoomIn's click mapping with the whole image as ROI: r' = S * r / H (fractional pixels).
         mapped = [(s * r / h, s * c / w, p) for r, c, p in self.clicks]
         return clicks_to_tensor(mapped).to(self.device, torch.float32)
 

@@ -1,4 +1,4 @@
-"""Normalized focal loss of RITM / iSegProbe (SPEC §3.4)."""
+"""Normalized focal loss of RITM / iSegProbe (iSegProbe ``core/training/losses.py``)."""
 
 from __future__ import annotations
 

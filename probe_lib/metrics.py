@@ -1,4 +1,5 @@
-"""Interactive-segmentation metrics exactly as iSegProbe/RITM compute them (SPEC §5.3).
+"""Interactive-segmentation metrics exactly as iSegProbe/RITM compute them
+(iSegProbe ``core/inference/utils.py``: ``get_iou``, ``compute_noc_metric``).
 
 Per-click IoU curves are stored as **float32** and compared in float32 against the thresholds
 ``arange(0.8, 0.951, 0.05)``: that is what makes e.g. IoU = 17/20 pass NoC@85, as in the reference.
@@ -119,7 +120,7 @@ def noc_per_instance(ious, threshold: float, max_clicks: int = 20) -> np.ndarray
 
 
 def noc(ious, threshold: float, max_clicks: int = 20) -> float:
-    """Mean number of clicks to reach ``threshold`` IoU (NoC@threshold, SPEC §5.3).
+    """Mean number of clicks to reach ``threshold`` IoU (NoC@threshold, as ``compute_noc_metric``).
 
     Args:
         ious: (N, K) array (or list of N 1-D arrays) of per-click IoU curves, one row per instance;
@@ -135,7 +136,7 @@ def noc(ious, threshold: float, max_clicks: int = 20) -> float:
 
 
 def count_at_max(ious, threshold: float, max_clicks: int = 20) -> int:
-    """``>=20@t``: how many instances have NoC@t == ``max_clicks`` (SPEC §9.9).
+    """``>=20@t``: how many instances have NoC@t == ``max_clicks`` (incl. t reached there).
 
     This includes instances that first reach the threshold exactly at the last click.
     """
@@ -172,7 +173,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 1000, alpha
 
 def summarize(ious, max_clicks: int = 20, seconds_per_click: float | None = None,
               n_boot: int = 1000, seed: int = 0) -> dict:
-    """All the metrics of SPEC §5.3 for one run, as a JSON-serialisable dict.
+    """All of iSegProbe's metrics for one run, as a JSON-serialisable dict.
 
     Keys: ``NoC80 .. NoC95`` (+ ``NoC80_ci`` .. bootstrap 95 % intervals), ``>=Nmax@85``,
     ``>=Nmax@90`` (stored as ``over_max@85`` / ``over_max@90``), ``IoU@1`` (fraction),

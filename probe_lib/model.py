@@ -1,5 +1,5 @@
 """The interactive-segmentation probe: frozen backbone + frozen upsampler + trainable click
-encoder and head (SPEC §1, §3).
+encoder and head (docs/probe.md).
 
     >>> probe = build_probe(make_config("small"))
     >>> logits = probe(image, prev_mask, points)          # (B,3,H,W), (B,1,H,W), (B,2N,3)
@@ -18,12 +18,12 @@ Injection positions (where the click tokens ``T`` (B, h*w, C) from the click enc
 * ``none``: no clicks at all (feature inspection); no click encoder.
 
 Click encoders (module ``embed_coords``): ``patch_embed`` — Conv2d(3→C, k=p, s=p), 1:1 aligned
-with the backbone tokens; ``simple_vit`` — SPEC §3.2 (depth 6, 8 heads of 64, MLP 2048). The
+with the backbone tokens; ``simple_vit`` — SimpleViT (depth 6, 8 heads of 64, MLP 2048). The
 reference builds SimpleViT for 224² only; here its fixed sin-cos position encoding is computed
 for the actual token grid, so other sizes work (a documented deviation; identical at 224²).
 
 Heads (module ``head``, C→1 logits): ``linear``, ``simple_conv``, ``convhead`` (the paper's),
-``lean_conv`` (project, ``small`` only) — SPEC §3.3.
+``lean_conv`` (project, ``small`` only) — docs/probe.md.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# click encoders (SPEC §3.2)
+# click encoders (iSegProbe core/model/featurizers/)
 # --------------------------------------------------------------------------------------------
 
 
@@ -173,7 +173,7 @@ class _Transformer(nn.Module):
 
 
 class SimpleViTClickEncoder(nn.Module):
-    """SimpleViT over the (B, 3, H, W) click maps -> (B, (H/p)*(W/p), C) tokens (SPEC §3.2).
+    """SimpleViT over the (B, 3, H, W) click maps -> (B, (H/p)*(W/p), C) tokens.
 
     The sin-cos position encoding is computed for the actual token grid (cached per grid); at
     224² with p = 14 this is the reference's fixed 16×16 table.
@@ -208,7 +208,7 @@ def build_click_encoder(name: str, dim: int, patch_size: int) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------
-# heads (SPEC §3.3)
+# heads (iSegProbe core/model/heads/conv_heads.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -337,7 +337,7 @@ class ISProbe(nn.Module):
 
     def train(self, mode: bool = True) -> ISProbe:
         # The frozen modules decide for themselves (backbone: always eval; upsampler: eval unless
-        # frozen_bn_mode="reference", SPEC §4.4).
+        # frozen_bn_mode="reference", docs/upsamplers.md).
         return super().train(mode)
 
     # -- inputs ------------------------------------------------------------------------------
@@ -434,7 +434,7 @@ class ISProbe(nn.Module):
             f, img = lowered_inputs(up, feats, image, dtype)
             hr = (up(f, img) if guide is None else up(f, img, guidance=guide)).float()
         if getattr(self.upsampler, "resize_to_image", True):
-            hr = _resize(hr, tuple(image.shape[-2:]))  # SPEC §1 step 6
+            hr = _resize(hr, tuple(image.shape[-2:]))  # to input size, as iSegProbe
         return hr
 
     def forward_cached(self, cache: dict[str, Any], prev_mask: torch.Tensor,
@@ -481,7 +481,7 @@ class ISProbe(nn.Module):
             image: (B, 3, H, W) float RGB in [0, 1]; H, W multiples of the patch size.
             prev_mask: (B, 1, H, W) previous prediction as a probability (zeros at first).
             points: (B, 2N, 3) clicks ``(row, col, order)`` in input pixels, N positive rows
-                then N negative rows, padding ``(-1, -1, -1)`` (SPEC §3.1). A click outside the
+                then N negative rows, padding ``(-1, -1, -1)`` (RITM's format). A click outside the
                 input (``0 <= row < H``, ``0 <= col < W``) or a NaN raises a ValueError.
             cache: optional output of :meth:`encode_image` for ``image`` (then ``image`` is
                 not looked at again); lets DDP-wrapped training reuse frozen features.
@@ -550,7 +550,7 @@ def _frozen_info(probe: ISProbe) -> dict[str, Any]:
 
 def save_probe(probe: ISProbe, path: str | os.PathLike, cfg, metrics: dict | None = None,
                extra: dict | None = None) -> Path:
-    """Atomically write a probe checkpoint (SPEC §3.5, project format).
+    """Atomically write a probe checkpoint (docs/probe.md, project format).
 
     Stored: ``state_dict`` (``embed_coords.*``, ``head.*`` only), ``config`` (``cfg.to_dict()``),
     ``backbone`` / ``upsampler`` (registry names and weights ids — no paths), ``metrics``. An

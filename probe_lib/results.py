@@ -1,11 +1,11 @@
-"""Results table, plots and reference numbers for the NoC benchmark (issue 6, SPEC §8).
+"""Results table, plots and reference numbers for the NoC benchmark (docs/evaluation.md).
 
 Reads what :func:`probe_lib.evaluate.save_result` wrote into the run folders under
 ``results_root()`` (``<run>/<dataset>_metrics.json`` + ``<dataset>_ious.npz``) and builds
 
 - one row per (upsampler, click encoder, injection, dataset, protocol) with NoC80..95 and their
   bootstrap 95 % intervals, >=Nmax@85/90, IoU@1 (percent), seconds per click and the weights used;
-- a markdown and a CSV table, mIoU-vs-clicks plots, and the SPEC §8 reference numbers beside ours
+- a markdown and a CSV table, mIoU-vs-clicks plots, and published reference numbers beside ours
   where the paper reports the same cell, each labelled with its source.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 # ----------------------------------------------------------------------------------------------
-# Reference numbers (SPEC §8). Keys: (upsampler, encoder-column, dataset).
+# Published reference numbers (each with its source). Keys: (upsampler, encoder-column, dataset).
 # ----------------------------------------------------------------------------------------------
 SRC_84 = ("iSegProbe main table NoC90 via a third-party reading note (YanghuiSong/SYH_GoGoGo, "
           "Notes/Benchmarking.md) — third-party transcription, unverified")
@@ -61,7 +61,7 @@ def _canon(upsampler: str) -> str:
 
 
 def reference_numbers(upsampler: str, click_encoder: str, dataset: str) -> list[dict]:
-    """SPEC §8 numbers for one cell of our grid, each ``{"metric", "value", "source"}``.
+    """Published numbers for one cell of our grid, each ``{"metric", "value", "source"}``.
 
     Only the main probe (no FPN) counts as the same cell: §8.4 NoC90 for the matching encoder
     column (patch-embed = early, SimpleViT = late) and §8.5 IoU@1 for patch-embed (early).
@@ -81,7 +81,7 @@ def reference_numbers(upsampler: str, click_encoder: str, dataset: str) -> list[
 
 
 def reference_markdown(upsamplers: Iterable[str]) -> str:
-    """Markdown tables of the SPEC §8 numbers for the given upsamplers, with their sources."""
+    """Markdown tables of the published numbers for the given upsamplers, with their sources."""
     ups = [u for u in dict.fromkeys(_canon(u) for u in upsamplers) if u in _NOC90_84]
     lines = []
     if ups:
@@ -297,7 +297,7 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
         md.append("")
         if bad:
             md += [f"**{len(bad)} run(s) did not finish** — see the table above.", ""]
-    md += ["## Reference numbers (SPEC §8)", "",
+    md += ["## Reference numbers (published, each with its source)", "",
            reference_markdown([r["upsampler"] for r in rows] or ["bilinear", "featup_jbu",
                                                                   "loftup"])]
     summary = atomic_write_text("\n".join(md), out_dir / "summary.md")
@@ -325,7 +325,7 @@ def summary_notes(preset: str, rows: Sequence[dict], sweep_status: dict | None =
                 "the paper's numbers below are context, not a target."), ""]
     else:
         out += [(f"Preset `{preset}`. Check the protocol column and the weights table before "
-                "comparing with the paper's numbers (SPEC §5: only `isegprobe_fixed224` + flip + "
+                "comparing with the paper's numbers (only `isegprobe_fixed224` + flip + "
                 "threshold 0.5 + 20 clicks reproduces iSegProbe)."), ""]
     rnd = sorted({r["upsampler"] for r in rows
                   if str(r.get("upsampler_weights", "")).lower().startswith("random")})

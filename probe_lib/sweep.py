@@ -1,4 +1,4 @@
-"""Batch runs: train and evaluate a grid of probes with papermill, then aggregate (issue 6).
+"""Batch runs: train and evaluate a grid of probes with papermill, then aggregate.
 
 ``python -m probe_lib.sweep --preset small`` (the README's ``make small``):
 
@@ -78,7 +78,7 @@ SMALL_UPSAMPLERS = ("bilinear", "featup_jbu", "loftup")
 GRIDS: dict[str, tuple[Run, ...]] = {
     "small": tuple([Run(u, "patch_embed", "early") for u in SMALL_UPSAMPLERS]
                    + [Run(u, "patch_embed", "late_highres") for u in SMALL_UPSAMPLERS]),
-    # The paper's grid (SPEC §1) plus the paper-text late mode.
+    # The paper's grid (README) plus the paper-text late mode.
     "full": tuple([Run(u, "patch_embed", "early")
                    for u in ("identity", "bilinear", "lift", "featup_jbu", "loftup", "featsharp")]
                   + [Run(u, "simple_vit", inj)

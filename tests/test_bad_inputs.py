@@ -1,4 +1,4 @@
-"""Bad inputs that used to give a silently wrong result or an unrelated traceback (issue 13).
+"""Bad inputs that used to give a silently wrong result or an unrelated traceback.
 
 Every test is marked ``@pytest.mark.reliability("<input>")`` and asserts the message; the table
 in docs/reliability.md is generated from them (tools/reliability_table.py).

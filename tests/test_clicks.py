@@ -1,4 +1,5 @@
-"""Click rules against SPEC §3.1, §4.2, §4.3, §5.2: exact where deterministic, statistical where random."""
+"""Click rules of RITM/iSegProbe (disks, sampler, both clickers): exact where
+ deterministic, statistical where random."""
 
 import itertools
 import math

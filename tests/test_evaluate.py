@@ -1,4 +1,4 @@
-"""Evaluator tests with fake predictors (no trained model needed): ZoomIn geometry of SPEC §5.4,
+"""Evaluator tests with fake predictors (no trained model needed): iSegProbe's ZoomIn geometry,
 the click loop, flip averaging, feature reuse, bad input."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Normalized focal loss against a hand-worked example of SPEC §3.4."""
+"""Normalized focal loss (RITM; iSegProbe `core/training/losses.py`), a hand-worked example."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Issue 13, "Security" and "Lost work": no code from a checkpoint, no silently discarded or
+"""Security and lost work: no code from a checkpoint, no silently discarded or
 replaced training, reproducible API training, orphan temporary files cleaned.
 
 Tests that check a user-facing message carry ``@pytest.mark.reliability("<input>")``; the table

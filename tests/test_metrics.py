@@ -1,4 +1,4 @@
-"""Metrics against hand-worked examples of SPEC §5.3 (float32 thresholds, >=20@t, ignore label)."""
+"""Metrics against hand-worked examples (float32 thresholds, >=20@t, ignore label)."""
 
 import numpy as np
 import pytest

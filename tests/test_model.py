@@ -1,4 +1,5 @@
-"""The probe model: parameter counts and keys of SPEC §3.2-3.3, injections, caching, checkpoints."""
+"""The probe model: parameter counts and keys of iSegProbe's modules, injections,
+caching, checkpoints."""
 
 import math
 

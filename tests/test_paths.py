@@ -1,5 +1,5 @@
 """Where data and results live (one place wherever a kernel starts) and the run-folder rule that
-lets notebooks 09 -> 10 -> 11 run by hand (issue 16, item 4)."""
+lets notebooks 09 -> 10 -> 11 run by hand."""
 
 import json
 from pathlib import Path

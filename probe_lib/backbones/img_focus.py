@@ -6,7 +6,7 @@ fine-tuned from DINOv2-small for saliency, so these are real, semantically stron
 NOT the LVD-142M release: fine for teaching and qualitative comparisons, not for paper numbers.
 
 The conversion reads the graph's initializers with the ``onnx`` package (no onnxruntime), maps
-them to timm keys (SPEC §2.1a) and caches the result under ``cache_dir()/"weights"``.
+them to timm keys (docs/backbones.md) and caches the result under ``cache_dir()/"weights"``.
 """
 
 from __future__ import annotations

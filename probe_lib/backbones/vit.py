@@ -1,8 +1,9 @@
 """The frozen ViT wrapper: normalisation inside, early click injection, per-call pos-emb resizing.
 
 A timm ``VisionTransformer`` does the heavy lifting; this wrapper owns the parts that matter for the
-benchmark and differ between code bases: which position-embedding interpolation is used (SPEC §2.1)
-and where click tokens enter the network (SPEC §2.2).
+benchmark and differ between code bases: which position-embedding interpolation is used
+(docs/backbones.md)
+and where click tokens enter the network (iSegProbe `core/model/iseg_probe_model.py`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Backbone(nn.Module):
             ``"random"`` or the file path), enough to rebuild the model with
             :func:`probe_lib.backbones.create_backbone`.
         weights_file: the file the weights were read from (None for random weights).
-        pos_interp: position-embedding interpolation mode (SPEC §2.1).
+        pos_interp: position-embedding interpolation mode (docs/backbones.md).
         mean, std: (3,) normalisation statistics applied inside :meth:`forward`.
 
     The module is always frozen: parameters have ``requires_grad=False`` and :meth:`train` keeps it
@@ -114,7 +115,7 @@ class Backbone(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> Backbone:
-        """Ignores ``mode``: a frozen backbone stays in eval mode (SPEC §4.4)."""
+        """Ignores ``mode``: a frozen backbone stays in eval mode (docs/upsamplers.md)."""
         return super().train(False)
 
     def load_vit_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -170,7 +171,8 @@ class Backbone(nn.Module):
                 H and W must be multiples of ``patch_size``.
             click_tokens: optional (B, h*w, C) tokens, row-major over the (h, w) = (H/p, W/p)
                 grid, added to the patch embeddings before the CLS token and the position
-                embedding (early injection, SPEC §2.2). Gradients flow back to them.
+                embedding (early injection, iSegProbe's ``patch-embed``).
+                Gradients flow back to them.
 
         Returns:
             (B, C, H/p, W/p) float features after the final LayerNorm, CLS dropped.

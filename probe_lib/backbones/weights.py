@@ -80,7 +80,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def to_timm_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a ViT state_dict in timm or official DINOv2 torch.hub layout to timm keys.
 
-    The two layouts share key names for ViT-S/B/L (SPEC §2); the hub file adds ``mask_token``.
+    The two layouts share key names for ViT-S/B/L; the hub file adds ``mask_token``.
     Prefixes ``module.`` (DDP), ``backbone.`` and ``vit.`` (our :class:`Backbone`) are stripped;
     classifier heads are dropped.
     """

@@ -1,4 +1,4 @@
-"""Interactive-segmentation datasets in their official on-disk layouts (SPEC §6.1).
+"""Interactive-segmentation datasets in their official on-disk layouts (docs/data.md).
 
 ``get_dataset(name, split, root)`` returns an :class:`ISDataset` with
 
@@ -7,7 +7,7 @@
   empty or all-ignore instances are skipped and counted in ``ds.num_skipped_instances``;
 * ``ds.get_instance(k) -> (image, gt, name)`` with ``gt`` int8: 1 object, 0 background, -1 ignore.
 
-Decoding rules (SPEC §6.1): SBD ``.mat`` ``GTinst.Segmentation`` (0 bg, 1..K); GrabCut/Berkeley
+Decoding rules (docs/data.md): SBD ``.mat`` ``GTinst.Segmentation`` (0 bg, 1..K); GrabCut/Berkeley
 mask channel 0 with 128 -> ignore, > 128 -> object, else background; DAVIS/COCO_MVal any channel
 > 0 -> object; PascalVOC ``SegmentationObject`` palette index (255 void), or the reference's
 gray-value decoding (gray value = instance id, 220 void) with ``voc_mode="reference_gray"``.
@@ -322,7 +322,7 @@ class SBDDataset(ISDataset):
     Args:
         root: folder holding ``dataset/`` or ``benchmark_RELEASE/dataset/`` or the dataset folder.
         split: ``"train"`` or ``"val"`` (images listed in ``<split>.txt``, in file order).
-        min_area_ratio: training filter of SPEC §4.1 -- on the full image, an object whose mask
+        min_area_ratio: iSegProbe's SBD training filter -- on the full image, an object whose mask
             area / bounding-box area is below this becomes background. None (default, evaluation)
             keeps every object.
         label: name used in messages (``"SBD"`` or ``"synthetic"``).
@@ -595,7 +595,7 @@ def get_dataset(name: str, split: str = "val", root: str | os.PathLike | None = 
             image, for probe training); val = the DAVIS layout (one instance per file).
         root: dataset folder; default ``data_root() / name`` (``data_root() / "synthetic"`` for the
             synthetic set, generated with default parameters when absent).
-        **kwargs: ``min_area_ratio`` (SBD/synthetic train filter, SPEC §4.1), ``mode``
+        **kwargs: ``min_area_ratio`` (SBD/synthetic train filter, docs/probe.md), ``mode``
             (PascalVOC decoding).
     """
     canon = {n.lower(): n for n in DATASETS}

@@ -259,7 +259,7 @@ def _read_bgr(path) -> np.ndarray:
 class SA1BDataset(_SkippingDataset):
     """SA-1B subset: ``<root>/sa1b/sa_<id>.jpg`` + ``sa_<id>.json`` (or the files directly in root).
 
-    Differences from LoftUp's loader (SPEC §6.2, pitfall 18): files are taken in **sorted** order
+    Differences from LoftUp's loader (docs/data.md, SA-1B): files are taken in **sorted** order
     (its main branch globs unsorted, so its subset depends on the file system); the JSON is the
     image path with the ``.jpg`` suffix replaced (not every ``jpg`` in the path); masks come back as
     a variable-length list, not padded with -1 masks to 150 -- :func:`collate_sa1b` pads a batch

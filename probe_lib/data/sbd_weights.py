@@ -3,7 +3,7 @@
 ``assets/sbd_samples_weights.pkl`` (RITM, MIT; identical in iSegProbe) holds a list of
 ``(index, image_name, score)`` records, ``index`` being the position in SBD ``train.txt``.
 Training draws images with replacement with probability proportional to ``(1 - score) ** 1.25``
-(SPEC §4.1). Downloaded pickles are never unpickled with the standard loader: the restricted
+(docs/probe.md). Downloaded pickles are never unpickled with the standard loader: the restricted
 unpickler below builds only lists, tuples, dicts, numbers and strings, refuses every global
 (hence every ``REDUCE`` of a callable) and admits NumPy numeric scalars through a shim that only
 ever decodes raw bytes as an int/float -- in case the scores were pickled as NumPy floats.

@@ -10,7 +10,7 @@ Each object is split into 2-4 parts with slightly different shading; the parts p
 regions form a partition of the image that stands in for SAM's class-agnostic masks.
 
 The same images are written in three real on-disk layouts so that the real loaders read them
-(SPEC §6):
+(docs/data.md):
 
 * ``<root>/SBD/dataset/{img/*.jpg, inst/*.mat, train.txt, val.txt}`` -- ``inst/<stem>.mat`` holds
   the struct ``GTinst`` with ``Segmentation`` (uint8, 0 bg, 1..K objects in paint order),

@@ -1,4 +1,5 @@
-"""Training the learned upsamplers (SPEC §7): objectives, a resumable loop, evidence metrics.
+"""Training the learned upsamplers (docs/upsampler_training.md): objectives, a resumable
+loop, evidence metrics.
 
 * :mod:`.lift` — LiFT's 2x self-supervised multi-scale objective.
 * :mod:`.featup` — FeatUp's multi-view reconstruction (jitter, attention downsampler, random

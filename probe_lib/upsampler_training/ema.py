@@ -1,4 +1,4 @@
-"""Exponential moving average of a module's weights (LoftUp stage 2 teacher, SPEC §7.3)."""
+"""Exponential moving average of a module's weights (LoftUp stage 2 teacher, arXiv 2504.14032)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class EMA:
     the teacher is replaced by ``decay * teacher + (1 - decay) * student``. Integer buffers (BatchNorm
     ``num_batches_tracked``) are copied. The teacher is a deep copy of the student at construction
     (LoftUp: both start from the stage 1 weights), kept in eval mode with ``requires_grad=False``.
-    No warm-up: a constant decay is a documented project choice (SPEC §7.3).
+    No warm-up: a constant decay is a documented project choice (docs/upsampler_training.md).
     """
 
     def __init__(self, student: nn.Module, decay: float = 0.99, update_every: int = 10):

@@ -1,4 +1,4 @@
-"""FeatSharp multi-view training (SPEC §7.4, from the paper; clean-room).
+"""FeatSharp multi-view training (arXiv 2502.16025, from the paper; clean-room).
 
 Losses live in PHI-S space: x' = alpha * Q (x - mu) with Q = H V^T (V the eigenvectors of the
 feature covariance, H a normalised Hadamard matrix) and alpha = 1 / sqrt(mean eigenvalue), so

@@ -1,4 +1,4 @@
-"""FeatUp's multi-view reconstruction objective for the JBU stack (SPEC §7.2).
+"""FeatUp's multi-view reconstruction objective for the JBU stack (arXiv 2403.10516).
 
 Idea: a good high-res map ``hr`` of image I must explain the backbone's low-res features of every
 small jitter t(I) of the image. A learned attention downsampler ``down`` plays the backbone's role

@@ -1,4 +1,4 @@
-"""LiFT's self-supervised 2x objective (SPEC §7.1).
+"""LiFT's self-supervised 2x objective (arXiv 2403.14625).
 
 With F1 = f(I), F2 = f(I[::2, ::2]), F3 = f(I[::4, ::4]) (strided subsampling, no anti-aliasing, so
 each coarser image is exactly every other pixel of the finer one), LiFT learns to predict the

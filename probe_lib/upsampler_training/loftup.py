@@ -1,4 +1,4 @@
-"""LoftUp's two training stages (SPEC §7.3).
+"""LoftUp's two training stages (LoftUp, arXiv 2504.14032).
 
 Stage 1 (mask-refined pseudo-GT). Bicubic upsampling gives blurry but correct features; SAM-style
 class-agnostic masks know where the edges are. Pull every pixel of each mask towards the mask's
@@ -51,7 +51,7 @@ def _check_masks(masks, feats: torch.Tensor, what: str = "LoftUp stage 1") -> to
 
 
 def mask_refine(feats: torch.Tensor, masks: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Mask-refined features (SPEC §7.3), sequential over masks on the running map.
+    """Mask-refined features (LoftUp, arXiv 2504.14032), sequential over masks on the running map.
 
     Args:
         feats: (B, C, H, W) float, e.g. bicubic-upsampled low-res features.
@@ -100,7 +100,7 @@ def pseudo_ground_truth(lr_feats: torch.Tensor, masks: torch.Tensor, size: tuple
 
 def affinity_loss(student: torch.Tensor, teacher: torch.Tensor, border: float = 0.1) -> torch.Tensor:
     """mean((A_s - A_t)^2), A = X^T X of L2-normalised pixels after dropping a ``border`` fraction
-    on every side (SPEC §7.3). student, teacher (B, C, H, W) of equal shape.
+    on every side (LoftUp, arXiv 2504.14032). student, teacher (B, C, H, W) of equal shape.
 
     Computed through C x C Gram matrices, ||X_s^T X_s - X_t^T X_t||^2 = ||X_s X_s^T||^2
     - 2 ||X_s X_t^T||^2 + ||X_t X_t^T||^2, so memory is O(C^2), not O((HW)^2); equal to
@@ -199,7 +199,7 @@ class LoftUpStage1Task:
         self.downsampler.to(next(upsampler.parameters()).device)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """``paper``: AdamW 1e-3; ``script``: NAdam 1e-4 (SPEC §7.3)."""
+        """``paper``: AdamW 1e-3; ``script``: NAdam 1e-4 (andrehuang/loftup training branch)."""
         cls = torch.optim.AdamW if self.recipe == "paper" else torch.optim.NAdam
         return cls(self.param_groups())
 

@@ -144,7 +144,7 @@ def train_loftup_stage1(cfg, backbone: nn.Module, *, steps: int | None = None, c
                         alpha: float = 0.8):
     """LoftUp stage 1 with ``cfg.upsampler.loftup_recipe``; saved as ``loftup_stage1``.
 
-    ``alpha`` 0.8 is the script's value, borrowed by the ``paper`` recipe (SPEC §7.3).
+    ``alpha`` 0.8 is the script's value, borrowed by the ``paper`` recipe (paper: illegible).
     """
     device = next(backbone.parameters()).device
     up = _trainable("loftup", backbone, cfg, device=device)

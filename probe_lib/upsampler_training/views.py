@@ -36,7 +36,7 @@ class FeatUpJitter:
 
 def sample_featup_jitter(gen: torch.Generator, pad: float = 20 / 224, max_zoom: float = 2.0,
                          zoom_prob: float = 0.5, flip_prob: float = 0.5) -> FeatUpJitter:
-    """FeatUp's view (SPEC §7.2): reflect pad 20 px at 224, zoom U[1, max_zoom] with prob.
+    """FeatUp's view (arXiv 2403.10516): reflect pad 20 px at 224, zoom U[1, max_zoom] with prob.
     ``zoom_prob``, random crop back to the input size, horizontal flip with prob. ``flip_prob``."""
     zoom = _uniform(gen, 1.0, max_zoom) if torch.rand((), generator=gen).item() < zoom_prob else 1.0
     top, left = torch.rand(2, generator=gen).tolist()
@@ -76,7 +76,7 @@ class LoftUpJitter:
 def sample_loftup_jitter(gen: torch.Generator, max_pad: float = 8 / 224) -> LoftUpJitter:
     py, px = (torch.rand(2, generator=gen) * max_pad).tolist()
     zy, zx = (0.9 + 0.2 * torch.rand(2, generator=gen)).tolist()
-    torch.rand((), generator=gen)  # rotation angle: sampled but never applied (SPEC §7.3)
+    torch.rand((), generator=gen)  # rotation: drawn but never applied by LoftUp's script
     return LoftUpJitter(py, px, zy, zx)
 
 
@@ -109,7 +109,7 @@ def sample_homography(gen: torch.Generator, zoom: tuple[float, float] = (0.95, 1
                       max_rotation_deg: float = 5.0, max_shift: float = 0.05) -> torch.Tensor:
     """A random (3, 3) homography mapping normalised view coordinates to base coordinates.
 
-    FeatSharp's per-view warp (SPEC §7.4): zoom in ``zoom``, rotation within +-``max_rotation_deg``,
+    FeatSharp's per-view warp: zoom in ``zoom``, rotation within +-``max_rotation_deg``,
     projective terms of magnitude in ``perspective`` with random signs, a small shift.
     """
     z = _uniform(gen, *zoom)

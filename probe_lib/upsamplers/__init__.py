@@ -1,4 +1,4 @@
-"""Feature upsamplers behind one interface (SPEC §7).
+"""Feature upsamplers behind one interface (docs/upsamplers.md).
 
     >>> from probe_lib.upsamplers import create_upsampler, list_upsamplers
     >>> up = create_upsampler("bilinear", dim=384)           # frozen, eval mode

@@ -2,11 +2,11 @@
 
 A new method is one file with a class that subclasses :class:`Upsampler` and is decorated with
 ``@register_upsampler("name")``; it implements :meth:`Upsampler.upsample` (features at the
-method's *native* grid, SPEC §7.0) and, when it has official checkpoints,
+method's *native* grid, docs/upsamplers.md) and, when it has official checkpoints,
 :meth:`Upsampler.remap_official_state_dict` and the ``pretrained`` class attribute.
 
 Conventions: features ``(B, C, h, w)`` float; guidance images ``(B, 3, H, W)`` RGB in [0, 1]
-(never ImageNet-normalised by the caller: learned modules normalise inside, SPEC §1 step 2).
+(never ImageNet-normalised by the caller: learned modules normalise inside, docs/upsamplers.md).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def fourier_features(x: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor)
         freqs: ``(K,)`` angular multipliers.
         phases: ``(2, D, K)`` learned phases; the sin/cos phase of flat output channel
             ``j = k * D + d`` is ``phases[0 or 1].reshape(-1)[j]`` — a raw reshape of the
-            ``(D, K)`` table, *not* a transpose (SPEC §9 pitfall 5; matters for strict loading).
+            ``(D, K)`` table, *not* a transpose (matters for strict loading).
 
     Returns:
         ``(B, 2 * K * D, H, W)``: ``[sin (K*D), cos (K*D)]`` in the dtype of ``x``.
@@ -211,7 +211,7 @@ class Upsampler(nn.Module):
         """No gradients; ``bn_mode="eval"`` (project default) also pins eval mode for good.
 
         ``bn_mode="reference"`` only disables gradients, so that a later ``.train()`` puts
-        BatchNorm/Dropout in train mode as the reference code does (SPEC §4.4).
+        BatchNorm/Dropout in train mode as the reference code does (docs/upsamplers.md).
         """
         if bn_mode not in ("eval", "reference"):
             raise ValueError(f"bn_mode must be 'eval' or 'reference', got {bn_mode!r}")
@@ -243,7 +243,7 @@ class Upsampler(nn.Module):
             image: ``(B, 3, H, W)`` float RGB in [0, 1] (the network input; guidance).
             output_size: ``"image"`` -> ``(B, C, H, W)`` (native output resized bilinearly with
                 align_corners=True when it differs); ``"native"`` -> the method's own grid
-                (SPEC §7.0); or an explicit ``(H_out, W_out)``. ``identity`` ignores it.
+                (docs/upsamplers.md); or an explicit ``(H_out, W_out)``. ``identity`` ignores it.
             guidance: optional output of :meth:`prepare_guidance` for this ``image`` and feature
                 grid: the image-only part of the computation, reused instead of recomputed
                 (same result).
@@ -620,7 +620,7 @@ def create_upsampler(name: str, dim: int = 384, weights: str | os.PathLike = "ra
             of our training checkpoints. Parameter-free methods accept any of these and ignore it.
         trainable: ``False`` (default) returns a frozen module: ``requires_grad=False`` and
             (with ``frozen_bn_mode="eval"``) permanently in eval mode.
-        frozen_bn_mode: ``"eval"`` (project) or ``"reference"`` (SPEC §4.4).
+        frozen_bn_mode: ``"eval"`` (project) or ``"reference"`` (docs/upsamplers.md).
         **cfg: method settings (e.g. ``featup_channelnorm``, ``steps``, ``backbone``). Keys that
             are ``UpsamplerConfig`` fields for *other* methods are ignored; anything else the
             method does not take raises a ``ValueError``.

@@ -1,4 +1,4 @@
-"""FeatSharp (Ranzinger et al., ICML 2025; SPEC §7.4) — clean-room, from the paper and SPEC only.
+"""FeatSharp (Ranzinger et al., ICML 2025; arXiv 2502.16025) — clean-room, from the paper only.
 
 FeatSharp sharpens a ViT's low-res features by looking at the image twice:
 
@@ -15,7 +15,7 @@ by the LR view and every tile. The result is mapped back to backbone space (bias
 unless ``phis_space=True``.
 
 No official checkpoints exist (the reference code's licence forbids reuse and no weights were
-released). Choices where paper and SPEC are silent (documented in docs/loftup_featsharp.md):
+released). Choices where the paper is silent (documented in docs/loftup_featsharp.md):
 bias buffer init 0, tile_pos init N(0, 0.02²), range/spatial gains init 1 and applied as
 exponents of the two kernel terms, PHI-S = identity until fitted, non-square inputs tiled on the
 LR grid's own aspect ratio, the backbone held by reference (not a submodule, so it is neither
@@ -60,7 +60,7 @@ class JBUStage(nn.Module):
     window (d on linspace(−1, 1, 7) per axis, q = range_proj(guidance)), normalised over d;
     out(p) = Σ_d K(p, p+d) · S↑(p + d) with S↑ the *bilinear* f x upsampled source, reflect
     padded. With g_r = g_s = 1 this is FeatUp's normalised range x spatial product. No kernel
-    fixup and no dropout (SPEC §7.4 step 4).
+    fixup and no dropout (paper, JBU branch).
     """
 
     def __init__(self, factor: int = 2, radius: int = 3, key_dim: int = 32):
@@ -120,7 +120,7 @@ class LocalALiBiAttention(nn.Module):
     score(p, p+d) = ⟨q_p, k_{p+d}⟩ / √head_dim − slope_h · |d_row| (even h) or |d_col| (odd h);
     keys outside the map are excluded. q, k, v are projected to ``qk_dim`` per head (no bias,
     layout [q | k | v]); each head keeps the first ``head_dim`` dims of its output, so the
-    output projection sees heads x head_dim = dim channels (SPEC §7.4 step 5).
+    output projection sees heads x head_dim = dim channels (docs/loftup_featsharp.md).
 
     Computed as a loop over the window's offsets (memory ~ heads x window x H x W), never as an
     (HW) x (HW) matrix; :func:`dense_alibi_mask` gives the equivalent dense additive mask.
@@ -257,7 +257,7 @@ class FeatSharp(Upsampler):
         phis_space: return features in PHI-S space instead of backbone space.
         resolution: R, the model resolution of the LR view used by :meth:`forward_train`.
         bias_grid: side of the learned bias buffer (16 = 224/14).
-        tile_clicks, hr_source: IS-integration options of SPEC §7.4; only the defaults
+        tile_clicks, hr_source: IS-integration options (docs/loftup_featsharp.md); only the defaults
             (``False``, ``"network"``) are implemented.
 
     ``forward(feats, image)``: ``feats`` is the LR view (the caller's backbone output, e.g. with
@@ -285,7 +285,7 @@ class FeatSharp(Upsampler):
         if tile_clicks:
             raise NotImplementedError(
                 "featsharp tile_clicks=True (injecting cropped click maps into every tile) is not "
-                "implemented; tiles are computed without clicks (SPEC §7.4 default)")
+                "implemented; tiles are computed without clicks (the default)")
         if hr_source != "network":
             raise NotImplementedError(
                 f"featsharp hr_source={hr_source!r} is not implemented; only 'network' (tiles "

@@ -1,5 +1,5 @@
 """FeatUp (Fu et al., ICLR 2024): the joint-bilateral-upsampler stack ``featup_jbu`` and the
-per-image implicit network ``featup_implicit`` (SPEC §7.2).
+per-image implicit network ``featup_implicit`` (FeatUp, arXiv 2403.10516).
 
 JBU stage (2x): every output pixel mixes its 7x7 neighbourhood of the bicubically doubled
 source features with a kernel that is the product of a *range* term (softmax over the 49
@@ -243,7 +243,7 @@ class FeatUpJBU(Upsampler):
         dim: feature channels ``C`` (384: 172,772 JBU parameters).
         featup_channelnorm: apply FeatUp's ChannelNorm (LayerNorm over channels) to the input
             features first, as FeatUp's own pipeline does (project default). ``False`` feeds raw
-            backbone features, as iSegProbe does (SPEC §9 pitfall 1).
+            backbone features, as iSegProbe does (docs/upsamplers.md).
 
     Input image: RGB in [0, 1], normalised inside with ImageNet mean/std. Native output is
     ``16h x 16w``; ``output_size="image"`` resizes bilinearly (align_corners=True).

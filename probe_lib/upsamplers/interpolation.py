@@ -1,6 +1,6 @@
 """Parameter-free baselines: ``identity`` (token grid kept), ``nearest``, ``bilinear``, ``bicubic``.
 
-Conventions follow iSegProbe (SPEC §7.0): ``nearest`` is PyTorch's legacy ``"nearest"`` (not
+Conventions follow iSegProbe: ``nearest`` is PyTorch's legacy ``"nearest"`` (not
 ``"nearest-exact"``), ``bilinear`` uses ``align_corners=True``, ``bicubic`` ``align_corners=False``.
 """
 

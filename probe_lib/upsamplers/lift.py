@@ -1,4 +1,4 @@
-"""LiFT (Suri et al., ECCV 2024), the patch-14 variant benchmarked by iSegProbe (SPEC §7.1).
+"""LiFT (Suri et al., ECCV 2024), the patch-14 variant benchmarked by iSegProbe (arXiv 2403.14625).
 
 One pass doubles the token grid: a small CNN encodes the guidance image at ``2h x 2w`` and
 ``h x w``; the low-res features are concatenated
@@ -53,7 +53,7 @@ class LiFT(Upsampler):
         image_channels: width of the image encoder (32 in the released model).
         passes: number of 2x passes for the *native* output (1 = the trained setting). More
             passes re-apply the same weights with the guidance pooled to each new grid; the
-            model was never trained for that and quality drifts (SPEC §7.1), so it is opt-in.
+            model was never trained for that and quality drifts (LiFT paper), so it is opt-in.
 
     Input image: RGB in [0, 1], normalised inside with ImageNet mean/std.
     """
@@ -94,7 +94,7 @@ class LiFT(Upsampler):
         image_norm = imagenet_normalize(image)
         x = feats
         for k in range(self.passes):
-            if k > 0:  # iterate for >2x: image upsampled 2x each time (SPEC §7.1)
+            if k > 0:  # iterate for >2x: image upsampled 2x each time (LiFT, arXiv 2403.14625)
                 image_norm = F.interpolate(image_norm, scale_factor=2, mode="bilinear",
                                            align_corners=False)
             x = self.single_pass(x, image_norm)

@@ -1,4 +1,4 @@
-"""LoftUp (Huang et al. 2025; SPEC §7.3): coordinate + colour Fourier queries that cross-attend
+"""LoftUp (arXiv 2504.14032): coordinate + colour Fourier queries that cross-attend
 to the low-res backbone tokens. Laid out so that the official checkpoint
 ``haiwen/loftup-dinov2s/pytorch_model.bin`` loads with ``strict=True`` unchanged.
 
@@ -38,7 +38,7 @@ from .base import (
 
 class ChannelLayerNorm(nn.Module):
     """Channel LayerNorm with its own ``weight``/``bias`` (no ``.norm`` level), as LoftUp's final
-    layer has them; eps 1e-6 in the released model (SPEC §9 pitfall 5)."""
+    layer has them; eps 1e-6 in the released model (docs/loftup_featsharp.md)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -63,7 +63,7 @@ def minmax_scale(image: torch.Tensor, scope: Literal["batch", "sample"] = "batch
     """Per-channel min-max scaling to [-0.5, 0.5] as LoftUp's queries use it.
 
     ``scope="batch"`` takes min/max over the whole batch and all pixels (the reference; outputs then
-    depend on the batch composition, SPEC §9 pitfall 4); ``"sample"`` per image.
+    depend on the batch composition, docs/loftup_featsharp.md); ``"sample"`` per image.
     """
     if scope == "batch":
         dims = (0, 2, 3)
@@ -215,7 +215,7 @@ class CATransformer(nn.Module):
 
 
 class LoftUpNet(nn.Module):
-    """LoftUp (SPEC §7.3): high-res queries from coordinates + colour cross-attend to low-res tokens.
+    """LoftUp: high-res queries from coordinates + colour cross-attend to low-res tokens.
 
     Args:
         dim: feature channels C (384 for DINOv2-S/14).

@@ -1,4 +1,4 @@
-"""PHI-S feature standardisation (Ranzinger et al.; used by FeatSharp, SPEC §7.4 step 1).
+"""PHI-S feature standardisation (Ranzinger et al.; used by FeatSharp, arXiv 2502.16025).
 
 A backbone's feature channels have very different variances, so an MSE in raw feature space is
 dominated by a few directions. PHI-S whitens *isotropically*: with the feature covariance

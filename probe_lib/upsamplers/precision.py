@@ -1,6 +1,6 @@
 """Which precision a *frozen* upsampler runs in inside the probe: ``fp32``, ``bf16`` or ``auto``.
 
-``auto`` (the ``small`` preset) decides by a quick self-benchmark, not by assumption (SPEC §10):
+``auto`` (the ``small`` preset) decides by a quick self-benchmark, not by assumption:
 on a CPU, the upsampler's forward pass is timed in float32 and on a bfloat16 copy, and bf16 is
 used only when it is at least :data:`MIN_SPEEDUP` times faster *and* its output stays within
 :data:`MAX_REL_ERROR` of the float32 output (relative L2 error) on the benchmark input. On the
