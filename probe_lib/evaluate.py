@@ -527,3 +527,78 @@ def load_ious(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"no IoU file at {path}")
     with np.load(path) as z:
         return z["ious"].astype(np.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m probe_lib.evaluate CHECKPOINT [--datasets ...] [--out DIR]``: NoC evaluation
+    of a trained probe, writing ``<dataset>_metrics.json`` / ``_ious.npz`` like notebook 10."""
+    import argparse
+
+    from probe_lib.cli import add_config_args, parse_overrides
+    from probe_lib.config import Config
+    from probe_lib.data.is_datasets import get_dataset
+    from probe_lib.data.synthetic import ensure_synthetic
+    from probe_lib.model import load_probe
+    from probe_lib.utils import get_device, run_dir
+
+    p = argparse.ArgumentParser(
+        prog="python -m probe_lib.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="NoC evaluation of a probe checkpoint, as notebook 10 does it.\n\n"
+                    "The probe's own config (stored in the checkpoint) is used; the options below "
+                    "and --set override its eval settings.\nResults go to --out (default: the run "
+                    "folder under $PROBE_LIB_RESULTS that notebook 11 and the sweep read).")
+    p.add_argument("checkpoint", help="probe checkpoint (.pt) from probe_lib.train / notebook 09")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="e.g. GrabCut Berkeley DAVIS SBD synthetic (default: the config's)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None)
+    p.add_argument("--num-instances", type=int, default=None, help="per dataset (default: all)")
+    p.add_argument("--max-clicks", type=int, default=None, help="clicks per instance")
+    add_config_args(p, preset=False)
+    p.add_argument("--out", default=None, help="results folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results of another configuration in --out")
+    p.add_argument("--device", default=None, help="torch device (default: cuda, mps, cpu)")
+    a = p.parse_args(argv)
+    ckpt = Path(a.checkpoint)
+    if not ckpt.is_file():
+        p.error(f"checkpoint {ckpt} does not exist (expected a .pt written by probe_lib.train)")
+    overrides = {f"eval__{k}": v for k, v in {
+        "datasets": a.datasets, "protocol": a.protocol, "num_instances": a.num_instances,
+        "max_clicks": a.max_clicks}.items() if v is not None}
+    overrides.update(parse_overrides(p, a.overrides))
+    probe, probe_cfg = load_probe(ckpt, device=get_device(a.device))
+    d = probe_cfg.to_dict()
+    for key, value in overrides.items():  # section__field (eval__ for the options above)
+        sec, _, name = key.rpartition("__")
+        if not sec:  # a bare field name must belong to exactly one section
+            owners = [s for s, v in d.items() if isinstance(v, dict) and name in v]
+            sec = owners[0] if len(owners) == 1 else ""
+        if sec not in d or not isinstance(d[sec], dict) or name not in d[sec]:
+            p.error(f"--set {key}: expected a config field or section__field")
+        d[sec][name] = value
+    try:
+        cfg = Config.from_dict(d)
+    except ValueError as e:
+        p.error(str(e))
+    out = Path(a.out) if a.out else run_dir(cfg.preset, cfg.upsampler.name,
+                                            cfg.probe.click_encoder, cfg.probe.injection)
+    meta = weights_meta(probe, ckpt)
+    summary = {}
+    for name in cfg.eval.datasets:
+        if name == "synthetic":
+            ensure_synthetic(num_images=cfg.data.synthetic_num_images,
+                             size=cfg.data.synthetic_image_size, seed=cfg.data.synthetic_seed,
+                             progress=False)
+        res = evaluate_config(probe, cfg, get_dataset(name, split="val"), dataset_name=name)
+        doc = save_result(res, out, cfg=cfg, meta=meta, n_boot=cfg.eval.bootstrap,
+                          overwrite=a.overwrite)
+        summary[name] = {k: doc["metrics"][k] for k in ("NoC85", "NoC90", "IoU@1",
+                                                        "num_instances")}
+    print(json.dumps({"out_dir": str(out), "metrics": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
