@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probe_lib.clicks import clicks_to_tensor, next_click  # the clicker lives there (§5.2)
+from probe_lib.clicks import clicks_to_tensor, next_click  # the clicker lives there
 from probe_lib.metrics import check_gt_encoding, summarize
 from probe_lib.metrics import iou as mask_iou
 

@@ -63,8 +63,9 @@ def _canon(upsampler: str) -> str:
 def reference_numbers(upsampler: str, click_encoder: str, dataset: str) -> list[dict]:
     """Published numbers for one cell of our grid, each ``{"metric", "value", "source"}``.
 
-    Only the main probe (no FPN) counts as the same cell: §8.4 NoC90 for the matching encoder
-    column (patch-embed = early, SimpleViT = late) and §8.5 IoU@1 for patch-embed (early).
+    Only the main probe (no FPN) counts as the same cell: iSegProbe's NoC90 (third-party
+    transcription) for the matching encoder column (patch-embed = early, SimpleViT = late) and the
+    LoftUp paper's Tab. 4 IoU@1 for patch-embed (early).
     """
     up = _canon(upsampler)
     out = []

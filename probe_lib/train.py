@@ -2,9 +2,9 @@
 
     >>> history = train_probe(make_config("small"))          # trains or resumes, returns the log
 
-One step: draw a batch (augmentations §4.1, MultiPointSampler §4.2), add 0-3 iterative clicks with
-the model in eval mode and no gradients (§4.3), then a gradient step on the normalized focal loss
-(§3.4) with Adam; the learning rate follows MultiStepLR per epoch. Frozen backbone/upsampler
+One step: draw a batch (augmentations, MultiPointSampler), add 0-3 iterative clicks with
+the model in eval mode and no gradients, then a gradient step on the normalized focal loss
+with Adam; the learning rate follows MultiStepLR per epoch. Frozen backbone/upsampler
 features that the clicks cannot change are computed once per batch and reused by the iterative
 clicks and the gradient forward (exact; skipped with ``frozen_bn_mode="reference"`` where the
 frozen modules behave differently in train and eval mode).
