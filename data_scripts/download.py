@@ -7,7 +7,7 @@
 Default root: $PROBE_LIB_DATA, else data/ of the source checkout; dataset NAME lands in <root>/NAME, archives stay in
 <root>/_downloads (delete them after unpacking if space is short; --verify-only then has nothing
 to check). Resumable: an interrupted download continues from its .part file. Sources, sizes,
-licences and citations: data_scripts/manifest.json. The synthetic set needs no download:
+licences and citations: probe_lib/data/manifest.json. The synthetic set needs no download:
 python data_scripts/make_synthetic.py.
 """
 

@@ -1,4 +1,4 @@
-"""Fetch Berkeley (see data_scripts/manifest.json): python data_scripts/get_berkeley.py [--root DIR] [--verify-only]."""
+"""Fetch Berkeley (see probe_lib/data/manifest.json): python data_scripts/get_berkeley.py [--root DIR] [--verify-only]."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Fetch COCO_MVal (see data_scripts/manifest.json): python data_scripts/get_coco_mval.py [--root DIR] [--verify-only]."""
+"""Fetch COCO_MVal (see probe_lib/data/manifest.json): python data_scripts/get_coco_mval.py [--root DIR] [--verify-only]."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Fetch DAVIS (see data_scripts/manifest.json): python data_scripts/get_davis.py [--root DIR] [--verify-only]."""
+"""Fetch DAVIS (see probe_lib/data/manifest.json): python data_scripts/get_davis.py [--root DIR] [--verify-only]."""
 
 import sys
 

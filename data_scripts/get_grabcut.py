@@ -1,4 +1,4 @@
-"""Fetch GrabCut (see data_scripts/manifest.json): python data_scripts/get_grabcut.py [--root DIR] [--verify-only]."""
+"""Fetch GrabCut (see probe_lib/data/manifest.json): python data_scripts/get_grabcut.py [--root DIR] [--verify-only]."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Fetch PascalVOC (see data_scripts/manifest.json): python data_scripts/get_pascalvoc.py [--root DIR] [--verify-only]."""
+"""Fetch PascalVOC (see probe_lib/data/manifest.json): python data_scripts/get_pascalvoc.py [--root DIR] [--verify-only]."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Fetch SBD (see data_scripts/manifest.json): python data_scripts/get_sbd.py [--root DIR] [--verify-only]."""
+"""Fetch SBD (see probe_lib/data/manifest.json): python data_scripts/get_sbd.py [--root DIR] [--verify-only]."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Fetch sbd_weights (see data_scripts/manifest.json): python data_scripts/get_sbd_weights.py [--root DIR] [--verify-only]."""
+"""Fetch sbd_weights (see probe_lib/data/manifest.json): python data_scripts/get_sbd_weights.py [--root DIR] [--verify-only]."""
 
 import sys
 

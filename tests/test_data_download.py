@@ -292,3 +292,23 @@ def test_scripts_command_lines(tmp_path, repo_root, capsys, monkeypatch):
     get_sa1b = _script(repo_root, "get_sa1b.py")
     assert get_sa1b(["--links", str(tmp_path / "missing.tsv"), "-n", "1"]) == 1
     assert "links file not found" in capsys.readouterr().err
+
+
+def test_manifest_ships_inside_the_package():
+    """A non-editable install has no data_scripts/: the manifest is package data."""
+    from pathlib import Path
+
+    import tomllib
+
+    import probe_lib
+    from probe_lib.data.download import default_manifest_path, load_manifest
+
+    pkg = Path(probe_lib.__file__).resolve().parent
+    path = default_manifest_path()
+    assert path.is_relative_to(pkg) and path.is_file()
+    assert "GrabCut" in load_manifest()
+    root = pkg.parent
+    if (root / "pyproject.toml").is_file():
+        conf = tomllib.loads((root / "pyproject.toml").read_text())
+        declared = conf["tool"]["setuptools"]["package-data"]["probe_lib.data"]
+        assert path.name in declared

@@ -5,7 +5,7 @@
   verification. A partial is continued only from the URL that started it and only when the
   source is provably the same file (same size, and the same ETag / Last-Modified for HTTP, sent
   as ``If-Range``; same size and mtime for ``file://``); otherwise the download starts over.
-* Hashes: a sha256 in ``data_scripts/manifest.json`` wins; when it is null the hash of a file
+* Hashes: a sha256 in ``probe_lib/data/manifest.json`` wins; when it is null the hash of a file
   fetched in one uninterrupted transfer is recorded in ``$PROBE_LIB_CACHE/hashes.json`` (trust on
   first use) and every later download or ``--verify-only`` run is checked against it. A resumed
   download is never recorded. ``--forget-hash NAME`` deletes a record.
@@ -42,8 +42,8 @@ class DownloadError(RuntimeError):
 
 
 def default_manifest_path() -> Path:
-    """``data_scripts/manifest.json`` of the repository checkout this package lives in."""
-    return Path(__file__).resolve().parents[2] / "data_scripts" / "manifest.json"
+    """The manifest shipped inside the package (package data), so a non-editable install has it."""
+    return Path(__file__).resolve().parent / "manifest.json"
 
 
 def load_manifest(path: str | os.PathLike | None = None) -> dict:
@@ -51,12 +51,12 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict:
     path = Path(path) if path is not None else default_manifest_path()
     if not path.is_file():
         raise FileNotFoundError(f"dataset manifest not found: {path} (expected "
-                                "data_scripts/manifest.json in the repository)")
+                                "probe_lib/data/manifest.json in the repository)")
     try:
         man = json.loads(path.read_text())
     except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise ValueError(f"dataset manifest {path} is not valid JSON ({e}); restore it (git "
-                         "checkout data_scripts/manifest.json) or fix the file") from e
+                         "checkout probe_lib/data/manifest.json) or fix the file") from e
     if not isinstance(man, dict):
         raise ValueError(  # noqa: TRY004 - a bad file, reported like the JSON error above
             f"dataset manifest {path} must be a JSON object of dataset entries, got "
@@ -136,7 +136,7 @@ def verify_file(path: str | os.PathLike, key: str, manifest_sha: str | None = No
         return "none"
     if sha != want:
         if source == "manifest":
-            advice = ("The manifest's hash (data_scripts/manifest.json) is authoritative: the "
+            advice = ("The manifest's hash (probe_lib/data/manifest.json) is authoritative: the "
                       "download is corrupt or the upstream file changed. Delete the file and "
                       "download again; if it still differs, the source changed.")
         else:
@@ -394,7 +394,7 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *,
     Args:
         name: manifest key (e.g. ``"GrabCut"``), case-insensitive.
         root: data root (default ``data_root()``).
-        manifest: the manifest dict or its path (default ``data_scripts/manifest.json``).
+        manifest: the manifest dict or its path (default ``probe_lib/data/manifest.json``).
         verify_only: check the downloaded files against their hashes; download nothing.
 
     Returns:
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(
-        description="Download, verify and unpack the datasets of data_scripts/manifest.json")
+        description="Download, verify and unpack the datasets of probe_lib/data/manifest.json")
     ap.add_argument("names", nargs="*", help="manifest names (e.g. GrabCut DAVIS) or 'all'")
     ap.add_argument("--root", default=None, help="data root (default: probe_lib.utils.data_root())")
     ap.add_argument("--manifest", default=None, help="manifest path (default data_scripts/...)")
