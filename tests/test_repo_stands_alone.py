@@ -32,7 +32,8 @@ def find_outside_references(text: str) -> list[str]:
 
 
 def test_pattern_catches_outside_references():
-    bad = ["see SPEC §5.3", "from ../shared/notes", "SPEC.md table", "(issue 6)", "Issue #13", "as in §4.2"]
+    bad = ["see SPEC §5.3", "from ../shared/notes", "SPEC.md table", "(issue 6)", "Issue #13",
+           "as in §4.2"]
     for line in bad:
         assert find_outside_references(line), line
     good = ["iSegProbe `core/inference/utils.py`", "https://github.com/uncbiag/SegNext/issues/10",
