@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from probe_lib.clicks import clicks_to_tensor, next_click  # the clicker lives there
 from probe_lib.metrics import check_gt_encoding, summarize
 from probe_lib.metrics import iou as mask_iou
+from probe_lib.utils import resize_bilinear
 
 PROTOCOLS = ("isegprobe_fixed224", "plain")
 
@@ -200,10 +200,7 @@ class Predictor:
         return self.model(cache, prev_mask, points)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+_resize = resize_bilinear  # one helper for the package (probe_lib.utils)
 
 
 @torch.no_grad()

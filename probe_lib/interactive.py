@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from probe_lib.metrics import check_gt_encoding
+from probe_lib.utils import resize_bilinear
 
 # Names the upsampler registry accepts as the same method (iSegProbe's configs say `jbu_featup`).
 _UPSAMPLER_ALIASES = {"jbu_featup": "featup_jbu"}
@@ -96,11 +96,7 @@ def to_rgb_float(image: Any, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, *size), bilinear with align_corners=True (as iSegProbe's ZoomIn)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+_resize = resize_bilinear  # one helper for the package (probe_lib.utils)
 
 
 def mask_iou(mask: np.ndarray, gt: np.ndarray, ignore_label: int = -1) -> float:

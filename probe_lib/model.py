@@ -45,7 +45,7 @@ from probe_lib.upsamplers.precision import (
     lowered_image,
     lowered_inputs,
 )
-from probe_lib.utils import atomic_torch_save, check_image_batch
+from probe_lib.utils import atomic_torch_save, check_image_batch, resize_bilinear
 
 __all__ = [
     "CLICK_ENCODERS",
@@ -275,10 +275,7 @@ def build_head(name: str, dim: int = 384) -> ConvHead:
 # --------------------------------------------------------------------------------------------
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+_resize = resize_bilinear  # one helper for the package (probe_lib.utils)
 
 
 class ISProbe(nn.Module):

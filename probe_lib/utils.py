@@ -250,3 +250,12 @@ def check_image_batch(image: torch.Tensor, name: str = "image") -> None:
         raise ValueError(f"{name} contains {n} NaN or Inf value(s) of {image.numel()}: the input "
                          f"image itself is not finite (decode or preprocessing problem), so no "
                          "feature computed from it can be")
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *size), bilinear with ``align_corners=True`` (iSegProbe's rule for
+    upsampler outputs, logits and ZoomIn crops); returns ``x`` itself when it has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear",
+                                           align_corners=True)
