@@ -248,10 +248,9 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
     Returns:
         ``{"rows": [...], "summary": path, "csv": path, "plots": [paths]}``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a bare Figure, not pyplot: switching the backend here would stop the calling notebook's
+    # later figures from being drawn inline
+    from matplotlib.figure import Figure
 
     from probe_lib.utils import atomic_write_text
 
@@ -260,13 +259,12 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
     rows = collect_rows(root, pattern)
     plots = []
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        plot_miou(rows, ds, ax=ax)
+        fig = Figure(figsize=(6.5, 4.2))
+        plot_miou(rows, ds, ax=fig.add_subplot())
         fig.tight_layout()
         path = out_dir / f"miou_{ds}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         plots.append(path)
     md = [f"# {title}", ""]
     if notes:
