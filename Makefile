@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup small test unit lint clean-results
+.PHONY: setup small test unit lint clean-results render
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: setup
 unit: setup
 	@$(PY) -m pytest tests -m "not slow and not browser"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# Executed copies of the notebooks for reading without running them (docs/notebooks/, figures
+# downscaled, date / machine / preset on top); run after `make small`, takes about as long as
+# the notebook tests. tests/test_rendered_notebooks.py fails when a copy is stale.
+render: setup
+	$(PY) tools/render_notebooks.py --preset small
 
 lint: setup
 	$(PY) -m ruff check probe_lib tests benchmarks data_scripts

@@ -81,6 +81,28 @@ def reference_numbers(upsampler: str, click_encoder: str, dataset: str) -> list[
     return out
 
 
+def paper_noc90_ranking(column: str = "patch_embed") -> list[tuple[str, float]]:
+    """iSegProbe's main-table NoC90 averaged over GrabCut / Berkeley / DAVIS / SBD, best (lowest)
+    first, for one click-encoder column ("patch_embed" = early, "simple_vit" = late); the values
+    are the third-party transcription ``SRC_84`` (unverified). Returns ``[(upsampler, mean)]``."""
+    col = {"patch_embed": 0, "simple_vit": 1}.get(column)
+    if col is None:
+        raise ValueError(f"column must be 'patch_embed' or 'simple_vit', got {column!r}")
+    means = {u: float(np.mean(v[col])) for u, v in _NOC90_84.items()}
+    return sorted(means.items(), key=lambda kv: kv[1])
+
+
+def our_ranking(rows: Sequence[dict], metric: str = "NoC90") -> dict[tuple[str, str], list]:
+    """Our rows grouped by (click_encoder, injection), upsamplers sorted best (lowest ``metric``,
+    averaged over datasets) first: ``{(encoder, injection): [(upsampler, mean), ...]}``."""
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        key = (r["click_encoder"], r["injection"])
+        groups.setdefault(key, {}).setdefault(r["upsampler"], []).append(float(r[metric]))
+    return {k: sorted(((u, float(np.mean(v))) for u, v in ups.items()), key=lambda kv: kv[1])
+            for k, ups in groups.items()}
+
+
 def reference_markdown(upsamplers: Iterable[str]) -> str:
     """Markdown tables of the published numbers for the given upsamplers, with their sources."""
     ups = [u for u in dict.fromkeys(_canon(u) for u in upsamplers) if u in _NOC90_84]
@@ -249,10 +271,9 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
     Returns:
         ``{"rows": [...], "summary": path, "csv": path, "plots": [paths]}``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a bare Figure, not pyplot: switching the backend here would stop the calling notebook's
+    # later figures from being drawn inline
+    from matplotlib.figure import Figure
 
     from probe_lib.utils import atomic_write_text
 
@@ -261,13 +282,12 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, *, title:
     rows = collect_rows(root, pattern)
     plots = []
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        plot_miou(rows, ds, ax=ax)
+        fig = Figure(figsize=(6.5, 4.2))
+        plot_miou(rows, ds, ax=fig.add_subplot())
         fig.tight_layout()
         path = out_dir / f"miou_{ds}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         plots.append(path)
     md = [f"# {title}", ""]
     if notes:

@@ -97,6 +97,10 @@ def notebooks_dir() -> Path:
     return here
 
 
+#: matplotlib backend for papermill kernels: figures become image/png outputs.
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+
+
 def run_parameters(preset: str, run: Run, run_dir: Path, extra: dict | None = None
                    ) -> dict[str, dict]:
     """Papermill parameters of the training and evaluation notebooks for one run."""
@@ -341,7 +345,9 @@ def _sweep(preset, *, root, only, force, aggregate, train_upsamplers, extra, job
                        ("PROBE_LIB_CACHE", cache_dir)):
         os.environ[var] = str(where().resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # the kernels draw inline so executed notebooks keep their figures (ipykernel only picks
+    # the inline backend itself when MPLBACKEND is unset; an inherited "Agg" drops them all)
+    os.environ["MPLBACKEND"] = KERNEL_MPLBACKEND
     root = Path(root).resolve() if root else results_root().resolve()
     os.environ["PROBE_LIB_RESULTS"] = str(root)
     root.mkdir(parents=True, exist_ok=True)

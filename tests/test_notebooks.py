@@ -59,13 +59,41 @@ def test_notebook_contract(path):
     assert path.name in readme or path.stem in readme, f"README does not list {path.name}"
 
 
+def count_png_outputs(nb: dict) -> int:
+    """Number of image/png outputs (inline figures) in a notebook's code cells."""
+    return sum("image/png" in out.get("data", {})
+               for c in nb["cells"] if c["cell_type"] == "code" for out in c.get("outputs", []))
+
+
+def test_count_png_outputs():
+    png = {"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Fig>"}}
+    text = {"output_type": "stream", "name": "stdout", "text": "<Figure size 640x480>"}
+    nb = {"cells": [{"cell_type": "code", "outputs": [png, text]},
+                    {"cell_type": "markdown", "source": "x"},
+                    {"cell_type": "code", "outputs": [text]}]}
+    assert count_png_outputs(nb) == 1
+    assert count_png_outputs({"cells": [{"cell_type": "code", "outputs": [text]}]}) == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_at_small(path, tmp_path_factory):
+def test_notebook_runs_at_small(path, tmp_path_factory, monkeypatch):
     papermill = pytest.importorskip("papermill")
+    from probe_lib.sweep import KERNEL_MPLBACKEND
+
     out_dir = tmp_path_factory.mktemp("executed")
     os.environ.setdefault("PROBE_LIB_RESULTS", str(out_dir.parent / "results"))
+    # the kernel inherits this process's MPLBACKEND (Agg, see conftest): draw inline instead, so
+    # the executed notebook keeps its figures
+    monkeypatch.setenv("MPLBACKEND", KERNEL_MPLBACKEND)
+    out = out_dir / path.name
     papermill.execute_notebook(
-        str(path), str(out_dir / path.name), parameters={"PRESET": "small"},
+        str(path), str(out), parameters={"PRESET": "small"},
         cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False,
         log_output=False)
+    # every plt.show() should have become an image in the executed copy (the rendered copies
+    # under docs/notebooks/ and a results/ folder after a GPU run rely on it)
+    shows = sum(_src(c).count("plt.show()") for c in _cells(path) if c["cell_type"] == "code")
+    if shows:
+        n_png = count_png_outputs(json.loads(out.read_text()))
+        assert n_png >= 1, f"{path.name}: {shows} plt.show() calls but no image/png output"

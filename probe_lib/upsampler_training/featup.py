@@ -198,3 +198,51 @@ class FeatUpTask:
             total = total + loss
             rec_sum = rec_sum + rec.detach()
         return {"loss": total, "rec": rec_sum, "crf": crf.detach(), "tv": tv.detach()}
+
+
+def toy_multiview_reconstruction(truth: torch.Tensor, factor: int = 4, views: int = 24,
+                                 steps: int = 150, lr: float = 0.05, seed: int = 0
+                                 ) -> dict[str, torch.Tensor | list[float]]:
+    """FeatUp's multi-view reconstruction (arXiv 2403.10516, Sec. 3) on a toy, for teaching.
+
+    A fake "backbone" sees only ``avg_pool(factor)`` of a known high-res map ``truth``; each
+    view is a FeatUp jitter (pad, zoom, crop, flip) of it. A free high-res map ``hr`` (the
+    implicit variant's output, here a plain tensor) and a learned attention downsampler are
+    fitted jointly so that ``down(jitter(hr)) == backbone(jitter(truth))`` for every view; the
+    views shift the pooling windows by sub-patch amounts, which is what lets ``hr`` recover
+    detail no single low-res map holds.
+
+    Args:
+        truth: (1, C, H, W), H and W multiples of ``factor``.
+    Returns:
+        ``{"lowres": (1, C, H/f, W/f), "bilinear": (1, C, H, W), "reconstruction": (1, C, H, W),
+        "losses": [per-step loss]}``.
+    """
+    if truth.ndim != 4 or truth.shape[0] != 1 or truth.shape[-1] % factor or \
+            truth.shape[-2] % factor:
+        raise ValueError(f"truth must be (1, C, H, W) with H, W multiples of factor={factor}, "
+                         f"got {tuple(truth.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    def backbone(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, factor)
+
+    jitters = [sample_featup_jitter(gen, pad=0.1, max_zoom=1.5) for _ in range(views)]
+    targets = [backbone(apply_featup_jitter(truth, j)) for j in jitters]
+    lowres = backbone(truth)
+    bilinear = F.interpolate(lowres, size=truth.shape[-2:], mode="bilinear", align_corners=False)
+    hr = bilinear.clone().requires_grad_(True)
+    down = AttentionDownsampler(truth.shape[1], kernel=factor, stride=factor, padding=0,
+                                blur="none", dropout=0.0, logit_dropout=0.0)
+    opt = torch.optim.Adam([hr, *down.parameters()], lr=lr)
+    losses = []
+    for step in range(steps):
+        k = step % views
+        loss = F.mse_loss(down(apply_featup_jitter(hr, jitters[k])), targets[k])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return {"lowres": lowres, "bilinear": bilinear, "reconstruction": hr.detach(),
+            "losses": losses}
