@@ -113,6 +113,8 @@ class EvalConfig:
     prob_thresh: float = 0.5  # iSegProbe 0.5, RITM 0.49
     flip: bool = True
     target_size: int = 224
+    # ZoomIn's minimum crop side in original-image pixels (iSegProbe: 200, for images of ~300-500 px)
+    zoom_min_crop: int = 200
     num_instances: int | None = None  # None = every instance
     datasets: tuple[str, ...] = ("GrabCut", "Berkeley", "DAVIS", "SBD")
     bootstrap: int = 1000
@@ -171,10 +173,16 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # self-benchmark (bf16 where clearly faster and accurate; docs/probe.md).
         "probe": {"image_size": 112, "head": "lean_conv", "channels_last": True,
                   "upsampler_precision": "auto"},
+        # A fixed bank of 2 augmented crops per image (clicks redrawn every epoch) lets late-
+        # injection probes compute frozen features once (probe_lib.feature_cache); early probes
+        # cannot reuse them (clicks enter the backbone) and train the same 50 steps at full cost.
         "train": {"epochs": 2, "num_images": 100, "lr": 1e-3, "lr_milestones": (2,),
-                  "val_samples": 16, "num_workers": 0, "batch_size": 8},
+                  "val_samples": 16, "num_workers": 0, "batch_size": 8, "crop_bank": 200,
+                  "warmup_steps": 5, "lr_schedule": "cosine"},
+        # ZoomIn's minimum crop scaled with the images (200 px at iSegProbe's ~300-500 px images;
+        # 100 px on the 224-px teaching set, else the zoom can hardly zoom)
         "eval": {"max_clicks": 10, "flip": False, "target_size": 112, "num_instances": 20,
-                 "datasets": ("synthetic",), "bootstrap": 200},
+                 "datasets": ("synthetic",), "bootstrap": 200, "zoom_min_crop": 100},
         "data": {"train_dataset": "synthetic"},
         "upsampler": {"train_steps": 30, "train_image_size": 112, "train_num_images": 64,
                       "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10,
@@ -322,6 +330,7 @@ _RANGES: dict[str, tuple[str, float, bool, float, bool, bool]] = {
     "eval.max_clicks": ("int", 1, True, _INF, False, False),
     "eval.prob_thresh": ("float", 0, False, 1, False, False),
     "eval.target_size": ("int", 1, True, _INF, False, False),
+    "eval.zoom_min_crop": ("int", 1, True, _INF, False, False),
     "eval.num_instances": ("int", 1, True, _INF, False, True),  # None = every instance
     "eval.bootstrap": ("int", 1, True, _INF, False, False),
     "data.synthetic_num_images": ("int", 1, True, _INF, False, False),

@@ -432,7 +432,8 @@ def evaluate_config(model: Any, cfg, dataset: Any, dataset_name: str | None = No
     """:func:`evaluate_dataset` with the protocol settings of ``cfg.eval``."""
     e = cfg.eval
     opts = {"protocol": e.protocol, "max_clicks": e.max_clicks, "prob_thresh": e.prob_thresh,
-                "flip": e.flip, "target_size": e.target_size, "num_instances": e.num_instances}
+            "flip": e.flip, "target_size": e.target_size, "num_instances": e.num_instances,
+            "zoom": ZoomInParams(target_size=e.target_size, min_crop_size=e.zoom_min_crop)}
     opts.update(kwargs)
     return evaluate_dataset(model, dataset, dataset_name=dataset_name, **opts)
 

@@ -356,7 +356,7 @@ def ensure_probe_checkpoint(cfg: Any, upsampler: str, injection: str = "late_hig
     Uses ``checkpoint_path("probe", f"{upsampler}-{injection}", preset)`` (written by notebook 09
     and the small sweep) when it exists. Otherwise trains a *tiny* stand-in with
     ``probe_lib.train.train_probe`` (``num_images`` x ``epochs``, the preset's recipe otherwise,
-    patch-embedding click encoder) under a separate name, ``<upsampler>-<injection>-tiny``, so it
+    the paper's click encoder for the injection) under a separate name, ``<upsampler>-<injection>-tiny``, so it
     never masquerades as, or collides with, the sweep's probe; a banner says so.
 
     Returns ``(path, trained_here)``; ``trained_here`` is True for the tiny stand-in.
@@ -375,7 +375,9 @@ def ensure_probe_checkpoint(cfg: Any, upsampler: str, injection: str = "late_hig
         d = cfg.to_dict()
         d["upsampler"]["name"] = upsampler
         d["probe"]["injection"] = injection
-        d["probe"]["click_encoder"] = "patch_embed"
+        # the paper's pairings: SimpleViT for late injection, patch embedding for early
+        d["probe"]["click_encoder"] = "simple_vit" if injection.startswith("late") else \
+            "patch_embed"
         d["train"].update(num_images=int(num_images), epochs=int(epochs),
                           lr_milestones=[int(epochs)], val_samples=min(8, d["train"]["val_samples"]))
         from probe_lib.train import train_probe

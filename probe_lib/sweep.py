@@ -72,12 +72,13 @@ class Run:
         return run_name(preset, self.upsampler, self.click_encoder, self.injection)
 
 
-# The late probes of the small grid use the patch-embedding encoder: SimpleViT (14.4 M params, 6
-# blocks) trains too slowly for the CPU budget (docs/evaluation.md gives the measurements).
+# The paper's pairings: patch embedding with early injection, SimpleViT with late injection (a
+# patch-embedding token only sees the clicks inside its own patch, so late patch-embedding probes
+# cannot spread a click beyond it). With the frozen-feature cache SimpleViT fits the CPU budget.
 SMALL_UPSAMPLERS = ("bilinear", "featup_jbu", "loftup")
 GRIDS: dict[str, tuple[Run, ...]] = {
     "small": tuple([Run(u, "patch_embed", "early") for u in SMALL_UPSAMPLERS]
-                   + [Run(u, "patch_embed", "late_highres") for u in SMALL_UPSAMPLERS]),
+                   + [Run(u, "simple_vit", "late_highres") for u in SMALL_UPSAMPLERS]),
     # The paper's grid (README) plus the paper-text late mode.
     "full": tuple([Run(u, "patch_embed", "early")
                    for u in ("identity", "bilinear", "lift", "featup_jbu", "loftup", "featsharp")]
@@ -106,7 +107,8 @@ def run_parameters(preset: str, run: Run, run_dir: Path, extra: dict | None = No
     """Papermill parameters of the training and evaluation notebooks for one run."""
     common = {"PRESET": preset, "UPSAMPLER": run.upsampler, "CLICK_ENCODER": run.click_encoder,
               "INJECTION": run.injection}
-    train = dict(common)
+    # the flat-shapes rung of notebook 09's sanity ladder trains a second probe: not per grid cell
+    train = dict(common, LADDER_RUNG1=False)
     evaluate = dict(common, OUT_DIR=str(run_dir))
     for k, v in (extra or {}).items():
         evaluate[k] = v
