@@ -173,11 +173,11 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # self-benchmark (bf16 where clearly faster and accurate; docs/probe.md).
         "probe": {"image_size": 112, "head": "lean_conv", "channels_last": True,
                   "upsampler_precision": "auto"},
-        # A fixed bank of 2 augmented crops per image (clicks redrawn every epoch) lets late-
-        # injection probes compute frozen features once (probe_lib.feature_cache); early probes
-        # cannot reuse them (clicks enter the backbone) and train the same 50 steps at full cost.
+        # A fixed bank of one augmented crop per image (clicks redrawn every epoch) lets late-
+        # injection probes compute frozen features once (probe_lib.feature_cache), so the sweep
+        # gives them more epochs; early probes cannot reuse them (clicks enter the backbone).
         "train": {"epochs": 2, "num_images": 100, "lr": 1e-3, "lr_milestones": (2,),
-                  "val_samples": 16, "num_workers": 0, "batch_size": 8, "crop_bank": 200,
+                  "val_samples": 16, "num_workers": 0, "batch_size": 8, "crop_bank": 100,
                   "warmup_steps": 5, "lr_schedule": "cosine"},
         # ZoomIn's minimum crop scaled with the images (200 px at iSegProbe's ~300-500 px images;
         # 100 px on the 224-px teaching set, else the zoom can hardly zoom)

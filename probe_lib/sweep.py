@@ -76,6 +76,7 @@ class Run:
 # patch-embedding token only sees the clicks inside its own patch, so late patch-embedding probes
 # cannot spread a click beyond it). With the frozen-feature cache SimpleViT fits the CPU budget.
 SMALL_UPSAMPLERS = ("bilinear", "featup_jbu", "loftup")
+SMALL_LATE_EPOCHS = 8
 GRIDS: dict[str, tuple[Run, ...]] = {
     "small": tuple([Run(u, "patch_embed", "early") for u in SMALL_UPSAMPLERS]
                    + [Run(u, "simple_vit", "late_highres") for u in SMALL_UPSAMPLERS]),
@@ -109,6 +110,9 @@ def run_parameters(preset: str, run: Run, run_dir: Path, extra: dict | None = No
               "INJECTION": run.injection}
     # the flat-shapes rung of notebook 09's sanity ladder trains a second probe: not per grid cell
     train = dict(common, LADDER_RUNG1=False)
+    if preset == "small" and run.injection.startswith("late"):
+        # cached frozen features make a late step cheap: 8 passes over the crop bank, not 2
+        train["EPOCHS"] = SMALL_LATE_EPOCHS
     evaluate = dict(common, OUT_DIR=str(run_dir))
     for k, v in (extra or {}).items():
         evaluate[k] = v
