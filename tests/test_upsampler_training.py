@@ -518,3 +518,30 @@ def test_train_tiny_saves_apart_and_labels_its_weights(tmp_path, monkeypatch):
         recipes.train_tiny("lift", make_config("small"), bb)
     with pytest.raises(ValueError, match="steps"):
         recipes.train_tiny("loftup", make_config("small"), bb, steps=0)
+
+
+def test_heldout_stage2_loss_is_fixed_and_separates_students():
+    # notebook 07's check: a held-out loss on fixed images/crops, unlike the per-step losses
+    import copy
+
+    from probe_lib.config import make_config
+    from probe_lib.upsampler_training.recipes import heldout_stage2_loss
+
+    torch.manual_seed(0)
+    cfg = make_config("small", upsampler__train_image_size=32)
+    bb, teacher = TinyBackbone(), TinyUp().eval()
+    same = copy.deepcopy(teacher).train()
+
+    class NoiseUp(TinyUp):  # features with no image structure: which pixels look alike is random
+        def forward(self, feats, image, output_size="image"):
+            g = torch.Generator().manual_seed(1)
+            return torch.randn(super().forward(feats, image, output_size).shape, generator=g)
+
+    other = NoiseUp()
+    state = torch.get_rng_state()
+    a = heldout_stage2_loss(same, teacher, bb, cfg, n_images=2)
+    assert torch.equal(torch.get_rng_state(), state)  # the notebook's random draws are untouched
+    assert a == heldout_stage2_loss(same, teacher, bb, cfg, n_images=2)  # fixed inputs and crops
+    assert same.training and not teacher.training  # modes restored
+    b = heldout_stage2_loss(other, teacher, bb, cfg, n_images=2)
+    assert 0 <= a < b / 10, (a, b)  # the teacher's weights match its targets, noise does not

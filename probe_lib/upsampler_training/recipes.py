@@ -262,6 +262,40 @@ def evaluate_boundaries(upsamplers: dict[str, nn.Module], backbone: nn.Module, c
     return out
 
 
+@torch.no_grad()
+def heldout_stage2_loss(student: nn.Module, teacher: nn.Module, backbone: nn.Module, cfg,
+                        n_images: int = 8, alpha: float = 0.5) -> float:
+    """LoftUp stage-2 affinity loss of ``student`` against a fixed ``teacher`` on held-out images.
+
+    Same construction as a ``paper`` training step (teacher on 2 crops of size S of the 2S image,
+    mask-refined with ``alpha`` by the exact part masks; student on the whole image at S), on the
+    first ``n_images`` val-split synthetic images, with crops drawn from fixed seeds and both
+    modules in eval mode, so two students are compared on the same inputs and targets (per-step
+    training losses are not: each step has its own images and crops). Returns the mean loss.
+    """
+    from .data import pad_masks
+
+    s = cfg.upsampler.train_image_size
+    device = next(backbone.parameters()).device
+    held = heldout_synthetic(cfg, 2 * s, n_images)
+    parts = held["parts"]
+    masks = pad_masks([torch.stack([parts[i] == k for k in parts[i].unique() if k > 0])
+                       if bool((parts[i] > 0).any()) else torch.zeros(0, 2 * s, 2 * s, dtype=bool)
+                       for i in range(len(parts))])
+    with torch.random.fork_rng(devices=[]):  # the task's unused heads draw from the global RNG
+        task = LoftUpStage2Task(student, backbone, recipe="paper", student_sizes=(s,),
+                                alpha=alpha, out_scale=cfg.upsampler.loftup_train_out_scale)
+    task.ema.teacher = teacher  # fixed target (no EMA update happens here)
+    was_training = student.training, teacher.training
+    student.eval(), teacher.eval()
+    losses = [task.loss({"image": held["image"][i:i + 1].to(device),
+                         "masks": masks[i:i + 1].to(device)}, 0,
+                        torch.Generator().manual_seed(i))["affinity"]
+              for i in range(len(parts))]
+    student.train(was_training[0]), teacher.train(was_training[1])
+    return float(torch.stack(losses).mean())
+
+
 # What a notebook that only *shows* an upsampler (04 LoftUp, 05 FeatSharp) trains when the
 # training notebooks (06/07, 08) have not run yet: the method's first stage, a few steps.
 _TINY = {"loftup": train_loftup_stage1, "featsharp": train_featsharp}
