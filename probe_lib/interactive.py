@@ -378,8 +378,10 @@ def ensure_probe_checkpoint(cfg: Any, upsampler: str, injection: str = "late_hig
         # the paper's pairings: SimpleViT for late injection, patch embedding for early
         d["probe"]["click_encoder"] = "simple_vit" if injection.startswith("late") else \
             "patch_embed"
+        # one bank crop per image (if the preset uses a bank): as many steps as without one
         d["train"].update(num_images=int(num_images), epochs=int(epochs),
-                          lr_milestones=[int(epochs)], val_samples=min(8, d["train"]["val_samples"]))
+                          lr_milestones=[int(epochs)], val_samples=min(8, d["train"]["val_samples"]),
+                          crop_bank=int(num_images) if d["train"].get("crop_bank") else 0)
         from probe_lib.train import train_probe
 
         train_probe(Config.from_dict(d), out_path=tiny, progress=progress)
