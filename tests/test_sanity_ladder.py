@@ -33,21 +33,37 @@ def test_photo_masks_load_and_match_their_photos():
 
 
 @pytest.mark.slow
-def test_rung1_a_probe_learns_flat_shapes(tmp_path):
-    """Rung 1 with the small recipe (stand-in backbone, SimpleViT + late_highres, cached
-    features): after 32 steps the first-click IoU is far above an untrained probe's (how long
-    that takes is measured in benchmarks/, not here)."""
+def test_rung1_defect_check_one_batch_fits():
+    """The defect check under rung 1: with the stand-in backbone, 8 flat-shape crops and their
+    sampled clicks, the small probe (late_highres, normalized focal loss, Adam 1e-3) fits the
+    batch to IoU > 0.85 in 60 steps. Clicks that do not reach the head, a broken loss or a wrong
+    threshold fail it. (How far rung 1 *generalises* in a short schedule is a measurement, not a
+    test: docs/teaching_scale.md, section 3.)"""
+    from probe_lib.losses import NormalizedFocalLoss
     from probe_lib.model import build_probe
-    from probe_lib.sanity import flat_shapes, run_rung
+    from probe_lib.sanity import flat_shapes
+    from probe_lib.train import ProbeTrainSet, batch_loss, iou
 
-    cfg = make_config("small", click_encoder="simple_vit", injection="late_highres",
-                      num_images=32, crop_bank=64, epochs=4, val_samples=0,
-                      eval__num_instances=12, eval__max_clicks=3)
-    train, val = flat_shapes(32, 12, seed=0)
-    trained = run_rung("flat", cfg, train_dataset=train, eval_dataset=val,
-                       out_path=tmp_path / "flat.pt")
+    cfg = make_config("small", injection="late_highres", upsampler_precision="fp32")
     torch.manual_seed(0)
-    untrained = run_rung("flat", cfg, probe=build_probe(cfg).eval(), eval_dataset=val)
-    assert trained.iou1 >= 30 and trained.iou1 >= untrained.iou1 + 20, (
-        trained.to_dict(), untrained.to_dict())
-    assert trained.empty_first_click <= 2
+    model = build_probe(cfg)
+    ts = ProbeTrainSet(flat_shapes(8, 4, seed=0)[0], cfg.probe.image_size, seed=0)
+    ts.set_epoch(0, np.arange(8))
+    items = [ts[i] for i in range(8)]
+    image = torch.stack([it["image"] for it in items])
+    points = torch.stack([it["points"] for it in items])
+    gt = torch.stack([it["gt"] for it in items])
+    cache = model.encode_image(image)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    loss_fn = NormalizedFocalLoss(alpha=0.5, gamma=2.0, reduction="none")
+    prev = torch.zeros_like(gt)
+    first = None
+    for _ in range(60):
+        logits = model.forward_cached(cache, prev, points)
+        loss, _ = batch_loss(loss_fn(logits, gt), gt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        fit = float(iou(torch.sigmoid(logits.detach()) > 0.5, gt).mean())
+        first = fit if first is None else first
+    assert first < 0.5 and fit > 0.85, (first, fit)
