@@ -179,10 +179,11 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 2, "num_images": 100, "lr": 1e-3, "lr_milestones": (2,),
                   "val_samples": 16, "num_workers": 0, "batch_size": 8, "crop_bank": 100,
                   "warmup_steps": 5, "lr_schedule": "cosine"},
-        # ZoomIn's minimum crop scaled with the images (200 px at iSegProbe's ~300-500 px images;
-        # 100 px on the 224-px teaching set, else the zoom can hardly zoom)
+        # ZoomIn's minimum crop stays iSegProbe's 200 px: scaled to 100 px for the 224-px images,
+        # the zoomed views left the training distribution (whole images) and the second click
+        # collapsed (FeatUp-JBU early: mIoU 40 % -> 11 %; docs/teaching_scale.md)
         "eval": {"max_clicks": 10, "flip": False, "target_size": 112, "num_instances": 20,
-                 "datasets": ("synthetic",), "bootstrap": 200, "zoom_min_crop": 100},
+                 "datasets": ("synthetic",), "bootstrap": 200},
         "data": {"train_dataset": "synthetic"},
         "upsampler": {"train_steps": 30, "train_image_size": 112, "train_num_images": 64,
                       "train_data": "synthetic", "train_batch_size": 2, "train_save_every": 10,
