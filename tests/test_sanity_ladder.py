@@ -17,7 +17,7 @@ def test_flat_shapes_are_flat_and_separable():
         for k in range(int(s.objects.max()) + 1):
             colours = np.unique(s.image[s.objects == k].reshape(-1, 3), axis=0)
             assert len(colours) == 1  # one flat colour per object and for the background
-    image, gt, name = ds.get_instance(0)
+    _image, gt, name = ds.get_instance(0)
     assert set(np.unique(gt)) == {0, 1} and name.startswith("flat0")
 
 

@@ -170,7 +170,7 @@ def tiny_cfg(**kw):
             "upsampler__name": "bilinear", "upsampler__weights": "random", "image_size": S,
             "head": "lean_conv", "injection": "early", "epochs": 2, "num_images": 8,
             "batch_size": 4, "val_samples": 8, "lr": 1e-3, "lr_milestones": [100],
-            "num_workers": 0}
+            "num_workers": 0, "crop_bank": 0, "lr_schedule": "multistep", "warmup_steps": 0}
     base.update(kw)
     return make_config("small", **base)
 
