@@ -4,7 +4,9 @@
 
 One step: draw a batch (augmentations, MultiPointSampler), add 0-3 iterative clicks with
 the model in eval mode and no gradients, then a gradient step on the normalized focal loss
-with Adam; the learning rate follows MultiStepLR per epoch. Frozen backbone/upsampler
+with Adam; the learning rate follows MultiStepLR per epoch (``full``) or a per-step warm-up and
+cosine (``small``). With ``train.crop_bank`` the crops come from a fixed bank and late-injection
+probes take their frozen features from :mod:`probe_lib.feature_cache`. Frozen backbone/upsampler
 features that the clicks cannot change are computed once per batch and reused by the iterative
 clicks and the gradient forward (exact; skipped with ``frozen_bn_mode="reference"`` where the
 frozen modules behave differently in train and eval mode).
