@@ -127,6 +127,7 @@ def run_rung(rung: str, cfg, *, train_dataset=None, eval_dataset=None, probe=Non
     import time
 
     from probe_lib.evaluate import evaluate_config
+    from probe_lib.metrics import miou_curve, noc
     from probe_lib.model import load_probe
     from probe_lib.train import train_probe
 
@@ -148,8 +149,6 @@ def run_rung(rung: str, cfg, *, train_dataset=None, eval_dataset=None, probe=Non
             tmp.cleanup()
     res = evaluate_config(probe, cfg, eval_dataset, dataset_name=rung, progress=progress)
     ious = res.ious
-    k = ious.shape[1]
-    reached = ious >= np.float32(0.85)
-    noc = np.where(reached.any(1), reached.argmax(1) + 1, k)
-    return RungResult(rung, float(ious[:, 0].mean() * 100), list(ious.mean(0) * 100),
-                      float(noc.mean()), int((ious[:, 0] == 0).sum()), seconds, res)
+    noc85 = noc(ious, 0.85, max_clicks=ious.shape[1])  # the evaluator's own NoC rule
+    return RungResult(rung, float(ious[:, 0].mean() * 100), list(miou_curve(ious) * 100),
+                      float(noc85), int((ious[:, 0] == 0).sum()), seconds, res)
